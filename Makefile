@@ -1,0 +1,55 @@
+# edge-agent: set-up, demo, tests and benchmarks. `make help` lists the targets.
+# Each target installs what it needs first: a .venv with the package (editable) and its
+# dev extras, the compiled extension, and (for test/demo) the mosquitto broker.
+
+PY ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYX := $(wildcard ext/*.pyx ext/*.pxd)
+
+.PHONY: help install demo test bench model clean mosquitto
+
+help:
+	@echo "make install  - .venv with edge-agent (editable) + dev extras, extension built"
+	@echo "make demo     - install, then run the agent on the built-in sensor emulator (Ctrl-C stops)"
+	@echo "make test     - install (+ mosquitto), then the whole test suite"
+	@echo "make bench    - install, then the benchmarks in benches/ (pytest-benchmark)"
+	@echo "make clean    - remove .venv and build output"
+
+install: $(STAMP) ext
+
+$(STAMP): pyproject.toml setup.py
+	@echo "==> checking system packages (python venv, headers, compiler)"
+	@PY=$(PY) scripts/ensure-system.sh python
+	@echo "==> creating $(VENV) with $(PY)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@echo "==> installing edge-agent (editable) with dev extras; builds the Cython extension"
+	@$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+# Rebuild the extension in place when a .pyx changed since the last build.
+.PHONY: ext
+ext: $(STAMP)
+	@$(BIN)/python setup.py -q build_ext --inplace 2>&1 | grep -v -e '^$$' -e 'Compiling' -e 'setuptools' || true
+	@$(BIN)/python -c "import edge_agent.native as n; n.require()" 
+
+mosquitto:
+	@PY=$(PY) scripts/ensure-system.sh mosquitto
+
+demo: install
+	@PY=$(PY) scripts/ensure-system.sh mosquitto || echo "==> no mosquitto: the demo runs without a local broker"
+	$(BIN)/edge-agent demo
+
+test: install mosquitto
+	$(BIN)/python -m pytest
+
+bench: install mosquitto
+	$(BIN)/python -m pytest benches -p no:randomly --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+
+model: install
+	@echo "make model lands with issue #5 (model packs and the build pipeline)"; exit 2
+
+clean:
+	rm -rf $(VENV) build *.egg-info edge_agent/_native/*.so ext/*.c .pytest_cache .benchmarks

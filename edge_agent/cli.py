@@ -1,0 +1,227 @@
+"""The ``edge-agent`` command line (see ../shared/CONTRACT.md for the fixed part).
+
+Every command has ``--help``; bad arguments exit 2 with one line, never a traceback.
+Commands whose issue has not landed yet are present, parse their arguments, and say in one
+line which issue brings them (exit 2). Heavy imports happen inside the handlers so that
+``--help`` and ``config check`` stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edge_agent import __version__
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+NOT_YET = {
+    "replay": "#5 (model packs, the int8 runtime and replay)",
+    "emulate": "#3 (sensor ingestion and the firmware bridge)",
+    "model": "#5 (model packs) and #8 (signed updates)",
+    "alerts": "#7 (store-and-forward, alert engine and the local alert log)",
+    "fleet": "#8 (model updates over MQTT and the fleet CLI)",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = _positive_float(text) if text not in ("0", "0.0") else 0.0
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="edge-agent", description="Edge inference runtime for wind-turbine predictive maintenance.")
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+
+    run = sub.add_parser("run", help="run the daemon (SIGTERM drains and exits 0)")
+    run.add_argument("--config", required=True, metavar="FILE", help="TOML configuration (see deploy/edge-agent.toml)")
+
+    demo = sub.add_parser("demo", help="emulator + agent (+ a local broker when mosquitto is installed)")
+    demo.add_argument("--seconds", type=_positive_float, metavar="N", help="stop after N seconds (default: until Ctrl-C)")
+    from edge_agent.emulator.signal import SCENARIOS
+
+    demo.add_argument("--scenario", choices=SCENARIOS, default="inner_race", help="emulated machine (default: inner_race, fault onset at 5 s)")
+    demo.add_argument("--channels", type=int, default=2, choices=range(1, 9), metavar="C", help="accelerometer channels (1-8, default 2)")
+    demo.add_argument("--speedup", type=_positive_float, default=1.0, metavar="X", help="emulate X times faster than real time")
+    demo.add_argument("--no-broker", action="store_true", help="do not start a local mosquitto")
+
+    replay = sub.add_parser("replay", help="the daemon's pipeline on a recording (.npz, .csv, .wav)")
+    replay.add_argument("file", metavar="FILE")
+    replay.add_argument("--fs", type=_positive_float, metavar="HZ", help="sample rate (overrides the file)")
+    replay.add_argument("--rpm", type=_positive_float, metavar="RPM", help="shaft speed (overrides the file)")
+    replay.add_argument("--model", metavar="PACK", help="model pack (default: models/default.pack)")
+    replay.add_argument("--jsonl", action="store_true", help="one JSON object per window on stdout")
+
+    emulate = sub.add_parser("emulate", help="the sensor MCU emulator on a new pty")
+    emulate.add_argument("--link", required=True, metavar="PATH", help="symlink to create to the pty")
+    emulate.add_argument("--scenario", required=True, choices=SCENARIOS)
+    emulate.add_argument("--seconds", type=_positive_float, metavar="N")
+    emulate.add_argument("--fs", type=_positive_float, metavar="HZ")
+    emulate.add_argument("--channels", type=int, metavar="C")
+    emulate.add_argument("--corrupt", type=_rate, metavar="RATE", help="fraction of frames to corrupt (0-1)")
+    emulate.add_argument("--seed", type=int, default=0)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
+    config_sub.required = True
+    check = config_sub.add_parser("check", help="validate a config file: exit 0 and one line, or 2 and one line per problem")
+    check.add_argument("file", metavar="FILE")
+
+    model = sub.add_parser("model", help="inspect and verify model packs")
+    model_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
+    model_sub.required = True
+    info = model_sub.add_parser("info", help="show a pack's manifest")
+    info.add_argument("pack", metavar="PACK")
+    verify = model_sub.add_parser("verify", help="exit 0 only for an intact pack signed by a trusted key")
+    verify.add_argument("pack", metavar="PACK")
+    verify.add_argument("--trusted-key", metavar="FILE", action="append")
+
+    alerts = sub.add_parser("alerts", help="the local alert log for technicians")
+    alerts.add_argument("--config", metavar="FILE")
+    alerts.add_argument("--open", action="store_true", help="only open alerts")
+    alerts.add_argument("--json", action="store_true")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
+    ack = alerts_sub.add_parser("ack", help="acknowledge an alert")
+    ack.add_argument("id", metavar="ID")
+    ack.add_argument("--by", required=True, metavar="NAME")
+    ack.add_argument("--verdict", choices=("confirmed", "false_alarm"))
+    ack.add_argument("--config", metavar="FILE")
+    export = alerts_sub.add_parser("export", help="write acknowledged alerts' evidence as labelled data")
+    export.add_argument("--config", metavar="FILE")
+
+    status = sub.add_parser("status", help="health, model, backend, queue depth, counters")
+    status.add_argument("--config", metavar="FILE", help="config of the daemon to ask (default: its storage dir default)")
+    status.add_argument("--json", action="store_true")
+
+    fleet = sub.add_parser("fleet", help="the operator's side of model updates")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
+    fleet_sub.required = True
+    keygen = fleet_sub.add_parser("keygen", help="write NAME.key (private, 0600) and NAME.pub")
+    keygen.add_argument("name", metavar="NAME")
+    sign = fleet_sub.add_parser("sign", help="sign a pack in place")
+    sign.add_argument("pack", metavar="PACK")
+    sign.add_argument("--key", required=True, metavar="NAME.key")
+    push = fleet_sub.add_parser("push", help="push a pack to a device or group")
+    push.add_argument("pack", metavar="PACK")
+    push.add_argument("--target", required=True, metavar="DEVICE|GROUP")
+    push.add_argument("--mode", choices=("shadow", "activate"), default="shadow")
+    push.add_argument("--canary", type=_positive_float, metavar="PERCENT")
+    fleet_sub.add_parser("status", help="live table of devices")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in NOT_YET:
+        sub = getattr(args, f"{args.command}_command", None)
+        what = f"{args.command} {sub}" if sub else args.command
+        print(f"edge-agent {what}: not available yet; it lands with issue {NOT_YET[args.command]}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "config":
+        return cmd_config_check(args.file)
+    if args.command == "status":
+        return cmd_status(args.config, args.json)
+    if args.command == "run":
+        from edge_agent.daemon import run_daemon
+
+        return run_daemon(args.config)
+    if args.command == "demo":
+        from edge_agent.demo import run_demo
+
+        return run_demo(
+            seconds=args.seconds, scenario=args.scenario, channels=args.channels,
+            speedup=args.speedup, broker=not args.no_broker,
+        )
+    raise AssertionError(f"unhandled command {args.command}")  # the parser allows no other
+
+
+def _load_config_or_report(path: str):
+    from edge_agent.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_config_check(path: str) -> int:
+    cfg = _load_config_or_report(path)
+    if cfg is None:
+        return EXIT_USAGE
+    print(f"{path}: ok ({len(cfg.sources)} source(s), device {cfg.device.site}/{cfg.device.id}, broker {cfg.broker.host}:{cfg.broker.port})")
+    return EXIT_OK
+
+
+def cmd_status(config_path: str | None, as_json: bool) -> int:
+    from edge_agent.config import default_config
+    from edge_agent.interpreter import NoInterpreterBackend, load_backend
+    from edge_agent.status_file import read_status
+
+    cfg = _load_config_or_report(config_path) if config_path else default_config()
+    if cfg is None:
+        return EXIT_USAGE
+    try:
+        backend = load_backend(cfg.model.backend).describe()
+    except (NoInterpreterBackend, ValueError) as exc:
+        backend = f"none ({exc})"
+    snap = read_status(Path(cfg.storage.dir))
+    doc = {"agent_version": __version__, "interpreter_backend": backend, "storage_dir": cfg.storage.dir, "daemon": snap}
+    if as_json:
+        print(json.dumps(doc, indent=1, sort_keys=True))
+        return EXIT_OK
+    print(f"edge-agent {__version__}")
+    print(f"interpreter backend: {backend}")
+    print(f"storage dir:         {cfg.storage.dir}")
+    if snap is None:
+        print("daemon:              no status file (the daemon has not run with this storage dir)")
+        return EXIT_OK
+    import time
+
+    age = time.time() - snap.get("time", 0)
+    c, q, b = snap.get("counters", {}), snap.get("queues", {}), snap.get("broker", {})
+    print(f"daemon:              {snap.get('state')} (status written {age:.0f} s ago), device {snap.get('device')}")
+    print(f"model:               {snap.get('model')} on {snap.get('backend')}")
+    print(f"broker:              {b.get('address')} {'connected' if b.get('connected') else 'not connected'}, {b.get('published', 0)} published")
+    print(f"queues:              samples {q.get('samples', {}).get('depth')}/{q.get('samples', {}).get('max')} (dropped {q.get('samples', {}).get('dropped')}), outbox {q.get('outbox', {}).get('depth')}")
+    print(f"windows:             {c.get('windows')} {c.get('windows_per_label')}")
+    print(f"alerts:              {c.get('alerts_raised')} raised, {c.get('open_alerts')} open; processing errors {c.get('processing_errors')}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The built-in sensor emulator: drivetrain vibration signals (signal.py)."""

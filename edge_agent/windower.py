@@ -1,0 +1,102 @@
+"""Cut each channel's sample stream into fixed-length windows, ``hop`` samples apart.
+
+One ring buffer per channel (capacity two windows). A block whose first sequence number
+does not follow the previous one, or whose sample rate differs, is a gap: the partial
+window is discarded (counted in ``gaps``/``discarded_samples``) and windowing restarts, so a
+window never spans a discontinuity. Timestamps of a window are derived from the first
+block after the last restart and the sample count, not from per-block clocks, so jitter in
+frame timestamps does not jitter the window grid.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_agent.window import SampleBlock, Window
+
+
+@dataclass(slots=True)
+class _ChannelBuffer:
+    buf: np.ndarray
+    n: int = 0  # samples held
+    seq_first: int = 0  # sequence number of buf[0]
+    anchor_seq: int = 0  # sequence number at the last restart
+    anchor_t0_us: int = 0  # its timestamp
+    fs: float = 0.0
+    rpm: float | None = None
+
+
+class Windower:
+    def __init__(self, length: int, hop: int, default_rpm: float) -> None:
+        if length < 1 or length & (length - 1):
+            raise ValueError(f"window length must be a power of two, got {length}")
+        if not 1 <= hop <= length:
+            raise ValueError(f"hop must be from 1 to the window length {length}, got {hop}")
+        self.length = length
+        self.hop = hop
+        self.default_rpm = default_rpm
+        self._channels: dict[str, _ChannelBuffer] = {}
+        self.gaps: Counter[str] = Counter()
+        self.discarded_samples: Counter[str] = Counter()
+        self.windows: Counter[str] = Counter()
+
+    def push(self, block: SampleBlock) -> list[Window]:
+        """Add a block; return the windows it completed (possibly none).
+
+        Raises ValueError for a block no window can be made of (rate not a positive
+        finite number, samples not one-dimensional); the windower's state is unchanged.
+        """
+        if not (np.isfinite(block.fs) and block.fs > 0):
+            raise ValueError(f"block for channel {block.channel!r} has sample rate {block.fs!r}")
+        if np.ndim(block.samples) != 1:
+            raise ValueError(f"block for channel {block.channel!r} is not one-dimensional")
+        ch = self._channels.get(block.channel)
+        if ch is None:
+            ch = _ChannelBuffer(buf=np.empty(2 * self.length, dtype=np.float32))
+            self._channels[block.channel] = ch
+            self._restart(ch, block)
+        elif block.seq != ch.seq_first + ch.n or block.fs != ch.fs:
+            self.gaps[block.channel] += 1
+            self.discarded_samples[block.channel] += ch.n
+            self._restart(ch, block)
+        if block.rpm is not None:
+            ch.rpm = block.rpm
+
+        out: list[Window] = []
+        samples = np.asarray(block.samples, dtype=np.float32).ravel()
+        pos = 0
+        cap = len(ch.buf)
+        while pos < len(samples):
+            take = min(len(samples) - pos, cap - ch.n)
+            ch.buf[ch.n : ch.n + take] = samples[pos : pos + take]
+            ch.n += take
+            pos += take
+            while ch.n >= self.length:
+                out.append(self._emit(block.channel, ch))
+                keep = ch.n - self.hop
+                ch.buf[:keep] = ch.buf[self.hop : ch.n]
+                ch.n = keep
+                ch.seq_first += self.hop
+        return out
+
+    def _restart(self, ch: _ChannelBuffer, block: SampleBlock) -> None:
+        ch.n = 0
+        ch.seq_first = block.seq
+        ch.anchor_seq = block.seq
+        ch.anchor_t0_us = block.t0_us
+        ch.fs = block.fs
+
+    def _emit(self, channel: str, ch: _ChannelBuffer) -> Window:
+        self.windows[channel] += 1
+        t_start = ch.anchor_t0_us + round((ch.seq_first - ch.anchor_seq) * 1e6 / ch.fs)
+        return Window(
+            channel=channel,
+            samples=ch.buf[: self.length].copy(),
+            fs=ch.fs,
+            rpm=ch.rpm if ch.rpm is not None else self.default_rpm,
+            t_start_us=t_start,
+            seq_first=ch.seq_first,
+            seq_last=ch.seq_first + self.length - 1,
+        )

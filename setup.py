@@ -1,0 +1,36 @@
+"""Build the compiled hot loops in ext/ as modules of the package ``edge_agent._native``.
+
+Everything else about the package lives in pyproject.toml. The generated C is never
+committed: Cython runs at build time. Optimisation is on (-O3); we do not use
+-march=native so that a wheel built on one Pi runs on another of the same architecture.
+"""
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+NATIVE_MODULES = ["time_domain"]
+
+extensions = [
+    Extension(
+        f"edge_agent._native.{name}",
+        [f"ext/{name}.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=["-O3"],
+    )
+    for name in NATIVE_MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+            "embedsignature": True,
+        },
+    ),
+)

@@ -1,0 +1,22 @@
+import threading
+
+from edge_agent.bounded_queue import BoundedQueue
+
+
+def test_full_queue_counts_drops_and_never_grows():
+    q = BoundedQueue("t", maxsize=3)
+    results = [q.offer(i) for i in range(10)]
+    assert results == [True] * 3 + [False] * 7
+    assert q.qsize() == 3 and q.dropped == 7 and q.accepted == 3
+    assert q.drain(10) == [0, 1, 2]
+    assert q.get(timeout=0.01) is None
+
+
+def test_put_waits_for_room_and_counts_a_timeout():
+    q = BoundedQueue("t", maxsize=1)
+    assert q.put("a", timeout=0.01)
+    assert not q.put("b", timeout=0.01)
+    assert q.dropped == 1
+    threading.Timer(0.05, lambda: q.get(timeout=1)).start()
+    assert q.put("c", timeout=2.0)
+    assert q.get(timeout=1) == "c"

@@ -1,0 +1,86 @@
+"""The command line of the contract: every command present, --help everywhere, bad
+arguments one line and exit 2, never a traceback."""
+import argparse
+
+import pytest
+
+from edge_agent.cli import NOT_YET, build_parser
+from cli_helpers import run_cli
+
+
+def _all_command_paths():
+    paths = []
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    paths.append(prefix + [name])
+                    walk(sub, prefix + [name])
+
+    walk(build_parser(), [])
+    return paths
+
+
+def test_contract_commands_exist():
+    paths = {" ".join(p) for p in _all_command_paths()}
+    for cmd in ["run", "demo", "replay", "emulate", "config check", "model info", "model verify", "alerts",
+                "alerts ack", "alerts export", "status", "fleet keygen", "fleet sign", "fleet push", "fleet status"]:
+        assert cmd in paths, cmd
+
+
+@pytest.mark.parametrize("path", [[]] + _all_command_paths(), ids=lambda p: " ".join(p) or "top")
+def test_help_works_everywhere(path):
+    r = run_cli(*path, "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: edge-agent")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ([], "required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run"], "--config"),
+        (["demo", "--seconds", "soon"], "not a number: 'soon'"),
+        (["demo", "--seconds", "-3"], "must be > 0"),
+        (["emulate", "--link", "/tmp/x", "--scenario", "earthquake"], "invalid choice: 'earthquake'"),
+        (["emulate", "--link", "/tmp/x", "--scenario", "healthy", "--corrupt", "2"], "must be from 0 to 1"),
+        (["alerts", "ack", "abc"], "--by"),
+        (["fleet", "push", "x.pack", "--target", "g", "--mode", "yolo"], "invalid choice: 'yolo'"),
+    ],
+)
+def test_bad_arguments_are_one_line_exit_2(args, needle):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["replay", "x.npz"], ["emulate", "--link", "/tmp/x", "--scenario", "healthy"], ["model", "info", "a.pack"],
+     ["model", "verify", "a.pack"], ["alerts"], ["alerts", "ack", "1", "--by", "me"], ["alerts", "export"],
+     ["fleet", "keygen", "ops"], ["fleet", "status"]],
+)
+def test_commands_not_landed_yet_say_which_issue(args):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not available yet; it lands with issue #" in lines[0]
+    assert args[0] in NOT_YET
+
+
+def test_status_names_the_interpreter_backend(tmp_path):
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'[storage]\ndir = "{tmp_path / "state"}"\n')
+    r = run_cli("status", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "interpreter backend: ai_edge_litert" in r.stdout
+    assert "no status file" in r.stdout
+    r = run_cli("status", "--config", str(cfg), "--json")
+    import json
+
+    doc = json.loads(r.stdout)
+    assert doc["interpreter_backend"].startswith("ai_edge_litert") and doc["daemon"] is None

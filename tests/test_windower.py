@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from edge_agent.window import SampleBlock
+from edge_agent.windower import Windower
+
+
+def blocks(n_blocks, size, fs=1000.0, start_seq=0, channel="a", t0_us=1_000_000):
+    x = np.arange(n_blocks * size, dtype=np.float32) + start_seq
+    for i in range(n_blocks):
+        seq = start_seq + i * size
+        yield SampleBlock(channel, x[i * size : (i + 1) * size], fs, t0_us + round((seq - start_seq) * 1e6 / fs), seq)
+
+
+def test_windows_have_length_hop_and_exact_content():
+    w = Windower(length=256, hop=128, default_rpm=1500.0)
+    out = [win for b in blocks(10, 100) for win in w.push(b)]
+    # 1000 samples, length 256, hop 128 -> floor((1000 - 256) / 128) + 1 = 6 windows
+    assert len(out) == 6
+    for i, win in enumerate(out):
+        assert win.seq_first == i * 128 and win.seq_last == i * 128 + 255
+        np.testing.assert_array_equal(win.samples, np.arange(i * 128, i * 128 + 256, dtype=np.float32))
+        assert win.t_start_us == 1_000_000 + round(i * 128 * 1e6 / 1000.0)
+        assert win.rpm == 1500.0 and win.samples.flags.c_contiguous
+
+
+def test_block_larger_than_buffer_is_cut_into_all_its_windows():
+    w = Windower(length=256, hop=256, default_rpm=1.0)
+    out = w.push(SampleBlock("a", np.arange(2560, dtype=np.float32), 1000.0, 0, 0))
+    assert [win.seq_first for win in out] == list(range(0, 2560, 256))
+
+
+def test_gap_restarts_windowing_and_is_counted():
+    w = Windower(length=256, hop=256, default_rpm=1.0)
+    assert w.push(SampleBlock("a", np.zeros(200, np.float32), 1000.0, 0, 0)) == []
+    out = w.push(SampleBlock("a", np.ones(300, np.float32), 1000.0, 10**6, 500))  # samples 200..499 missing
+    assert w.gaps["a"] == 1 and w.discarded_samples["a"] == 200
+    assert len(out) == 1 and out[0].seq_first == 500 and np.all(out[0].samples == 1)
+
+
+def test_channels_are_independent_and_rpm_follows_source():
+    w = Windower(length=256, hop=256, default_rpm=1.0)
+    w.push(SampleBlock("a", np.zeros(255, np.float32), 1000.0, 0, 0, rpm=1700.0))
+    out_b = w.push(SampleBlock("b", np.zeros(256, np.float32), 1000.0, 0, 0))
+    out_a = w.push(SampleBlock("a", np.zeros(1, np.float32), 1000.0, 0, 255))
+    assert [x.channel for x in out_b] == ["b"] and out_b[0].rpm == 1.0
+    assert [x.channel for x in out_a] == ["a"] and out_a[0].rpm == 1700.0
+
+
+@pytest.mark.parametrize("length,hop", [(100, 50), (256, 0), (256, 300)])
+def test_bad_geometry_is_refused(length, hop):
+    with pytest.raises(ValueError):
+        Windower(length=length, hop=hop, default_rpm=1.0)
