@@ -46,7 +46,7 @@ test: install mosquitto
 	$(BIN)/python -m pytest
 
 bench: install mosquitto
-	$(BIN)/python -m pytest benches -p no:randomly --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+	$(BIN)/python -m pytest benches -o python_files="bench_*.py" --benchmark-only --benchmark-columns=min,median,ops,rounds --benchmark-sort=name
 
 model: install
 	@echo "make model lands with issue #5 (model packs and the build pipeline)"; exit 2

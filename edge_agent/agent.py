@@ -14,6 +14,7 @@ input never stops the agent.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from edge_agent import __version__
 from edge_agent.alerts import AlertRules
 from edge_agent.baseline import BaselineModel
 from edge_agent.bounded_queue import BoundedQueue
+from edge_agent.errors import StartupError
 from edge_agent.features import FeatureExtractor
 from edge_agent.interpreter import NoInterpreterBackend, load_backend
 from edge_agent.outbox import MemoryOutbox
@@ -43,7 +45,9 @@ BATCH_BLOCKS = 64  # blocks taken per processing round, so windows are batched p
 class Agent:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        self.storage_dir = Path(cfg.storage.dir)
+        if cfg.model.pack:
+            raise StartupError(f"model.pack = {cfg.model.pack}: model packs land with issue #5; leave it empty for the built-in baseline scorer")
+        self.storage_dir = _prepare_storage(Path(cfg.storage.dir))
         self.topics = Topics(cfg.broker.topic_prefix, cfg.device.site, cfg.device.id)
         try:
             self.backend = load_backend(cfg.model.backend).describe()
@@ -64,7 +68,7 @@ class Agent:
             model_version=self.model.version,
         )
         self.publisher = (
-            Publisher(cfg.broker, self.topics, self.outbox, self._birth) if cfg.broker.enabled else None
+            Publisher(cfg.broker, self.topics, self.outbox, self._birth, qos=cfg.publish.qos) if cfg.broker.enabled else None
         )
         self.started = time.time()
         self.labels: Counter[str] = Counter()
@@ -81,7 +85,6 @@ class Agent:
     # -- life cycle -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Run every stage until ``stop`` is set; then drain and return."""
-        self.storage_dir.mkdir(parents=True, exist_ok=True)
         log.info(
             "edge-agent %s starting: device %s, %d source(s), model %s, interpreter backend %s",
             __version__, self.topics.base, len(self.sources), self.model.version, self.backend,
@@ -238,3 +241,14 @@ class Agent:
             write_status(self.storage_dir, self.snapshot(state))
         except OSError as exc:
             log.error("cannot write the status file in %s: %s", self.storage_dir, exc)
+
+
+def _prepare_storage(path: Path) -> Path:
+    """Create the storage dir (owner and group only) and check it is writable."""
+    try:
+        path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"storage.dir {path}: cannot create it: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"storage.dir {path}: not writable by this user")
+    return path

@@ -95,7 +95,6 @@ SCHEMA: dict[str, tuple[str, tuple[Key, ...]]] = {  # section: (doc, keys)
         Key("rpm", float, 1500.0, "Shaft speed when a source gives none, rev/min", 60, 6000),)),
     "model": ("The model that scores windows.", (
         Key("pack", str, "", "Model pack file; empty = the built-in baseline scorer", is_path=True),
-        Key("num_threads", int, 1, "Interpreter threads", 1, 8),
         Key("backend", str, "auto", "TFLite interpreter; auto = the first one installed",
             choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow")),
         Key("baseline_windows", int, 20, "Windows used to learn the healthy baseline", 4, 100000))),
@@ -115,9 +114,8 @@ SCHEMA: dict[str, tuple[str, tuple[Key, ...]]] = {  # section: (doc, keys)
             rule=NONEMPTY, is_path=True),
         Key("outbox_max_mb", float, 64.0, "Disk the outbox may fill while offline, MB", 0.1, 1e5))),
     "queues": ("Bounded queues between stages: back-pressure, not unbounded memory.", (
-        Key("samples", int, 256, "Sample blocks between sources and processing", 8, 100000),
-        Key("events", int, 1024, "Events between processing and publishing", 8, 1000000))),
-    "logging": ("Log output (stderr).", (
+        Key("samples", int, 256, "Sample blocks between sources and processing", 8, 100000),)),
+    "logging": ("Log output, to stdout (journald under systemd).", (
         Key("level", str, "info", "Lowest level logged",
             choices=("debug", "info", "warning", "error")),
         Key("format", str, "plain", "plain text, or json (one object per line)",

@@ -49,11 +49,11 @@ def build_agent_or_report(cfg):
 
     try:
         from edge_agent.agent import Agent
-        from edge_agent.sources import SourceUnavailable
+        from edge_agent.errors import StartupError
 
         try:
             return Agent(cfg)
-        except SourceUnavailable as exc:
+        except StartupError as exc:
             print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
     except NativeExtensionMissing as exc:
         print(f"edge-agent: cannot start: {exc}", file=sys.stderr)

@@ -29,8 +29,11 @@ MAX_INFLIGHT = 20
 
 
 class Publisher:
-    def __init__(self, broker_cfg: Any, topics: Topics, outbox: MemoryOutbox, birth: Callable[[], dict]) -> None:
+    def __init__(
+        self, broker_cfg: Any, topics: Topics, outbox: MemoryOutbox, birth: Callable[[], dict], qos: int = 1
+    ) -> None:
         self.cfg = broker_cfg
+        self.qos = qos
         self.topics = topics
         self.outbox = outbox
         self._birth = birth
@@ -119,7 +122,7 @@ class Publisher:
             return
         for item in self.outbox.pending(room, skip):
             with self._lock:
-                info = self.client.publish(self.topics.of(item.kind), item.payload, qos=1)
+                info = self.client.publish(self.topics.of(item.kind), item.payload, qos=self.qos)
                 if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                     break
                 self._inflight[info.mid] = item.id

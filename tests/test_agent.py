@@ -78,7 +78,6 @@ def test_bad_block_is_counted_and_processing_goes_on(tmp_path):
     from edge_agent.window import SampleBlock
 
     agent = Agent(_config(tmp_path, scenario="healthy"))
-    agent.storage_dir.mkdir(parents=True)
     stop = threading.Event()
     t = threading.Thread(target=agent._process, args=(stop,))
     t.start()

@@ -84,3 +84,34 @@ def test_status_names_the_interpreter_backend(tmp_path):
 
     doc = json.loads(r.stdout)
     assert doc["interpreter_backend"].startswith("ai_edge_litert") and doc["daemon"] is None
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[broker\nport = 1", "not TOML"),
+        ("[broker]\nprot = 1883\n", "broker.prot: unknown key (did you mean 'port'?)"),
+        ('[broker]\nport = "1883"\n', "broker.port: must be an integer"),
+    ],
+    ids=["non-toml", "unknown-key", "wrong-type"],
+)
+def test_config_check_reports_one_line_naming_the_problem(tmp_path, text, needle):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith(str(f))
+
+
+def test_config_check_missing_file(tmp_path):
+    r = run_cli("config", "check", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"{tmp_path / 'nope.toml'}: cannot read: file not found"
+
+
+def test_config_check_ok_is_one_line(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[device]\nsite = "farm-z"\n')
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 1 and "ok" in r.stdout
