@@ -78,6 +78,9 @@ def run_demo(seconds: float | None, scenario: str, channels: int, speedup: float
             local.stop()
         return 2
     sub = _Subscriber(local.host, local.port, f"{agent.topics.base}/#") if local else None
+    if sub is not None:
+        # the subscriber prints each alert as the broker delivers it: no need to log it twice
+        logging.getLogger("edge_agent.agent").setLevel(logging.ERROR)
     print(
         f"demo: emulator '{scenario}' ({channels} x {src.fs / 1000:g} kHz, fault onset at 5 s), "
         f"broker {'%s:%d' % (local.host, local.port) if local else 'none'}, state in {work}; Ctrl-C stops",
