@@ -29,6 +29,7 @@ class SampleBlock:
     t0_us: int  # timestamp of the first sample, microseconds (source clock)
     seq: int  # index of the first sample in the channel's sample count
     rpm: float | None = None  # shaft speed while recorded, when the source knows it
+    full_scale: float | None = None  # largest magnitude the sensor can report (clipping checks)
 
     @property
     def seq_end(self) -> int:

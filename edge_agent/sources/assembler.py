@@ -1,0 +1,123 @@
+"""Decoded frames of one source -> SampleBlocks, with the continuity checks of each stream.
+
+A stream is one sensor's one message type (``sensor_id``, type). Its frame ``seq`` must go
+up by one per frame (modulo 2^32): a jump is a gap (counted, with the number of frames
+missing), a repeat or a step back is a duplicate or reordering (counted and dropped). The
+sample sequence handed to the windower advances by the samples actually received, plus the
+estimated samples missing across a gap, so the windower never joins samples across it.
+Timestamps are checked against the previous frame's end (a jump of more than a few sample
+periods without a seq gap is counted: a clock problem on the MCU). Speed frames set the
+shaft speed attached to the vibration blocks that follow; temperature frames are kept as
+the latest reading per sensor.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_agent.protocol.frame import Frame, MsgType
+from edge_agent.window import SampleBlock
+
+SEQ_MOD = 1 << 32
+TIMESTAMP_TOLERANCE_PERIODS = 4.0  # sample periods of timestamp error tolerated between frames
+RATE_TOLERANCE = 0.01  # relative difference between a frame's rate and the expected rate
+
+
+@dataclass(slots=True)
+class _Stream:
+    last_seq: int
+    next_sample: int  # sample sequence number of the next frame's first sample
+    next_ts_us: float  # expected timestamp of the next frame's first sample
+    fs: float
+
+
+class FrameAssembler:
+    def __init__(self, source_name: str, expected_fs: float | None = None) -> None:
+        self.source_name = source_name
+        self.expected_fs = expected_fs or None
+        self._streams: dict[tuple[int, int], _Stream] = {}
+        self.rpm: float | None = None
+        self.temperature_c: dict[int, float] = {}
+        self.frames: Counter[str] = Counter()  # accepted frames by type name
+        self.seq_gaps = 0
+        self.frames_missing = 0
+        self.duplicates = 0
+        self.timestamp_jumps = 0
+        self.rate_mismatches = 0
+        self.replies: list[Frame] = []  # PONG / ACK frames, for whoever sent the command
+
+    def channel_name(self, sensor_id: int, channel: int) -> str:
+        return f"{self.source_name}.s{sensor_id}.ch{channel}"
+
+    def blocks(self, frame: Frame) -> list[SampleBlock]:
+        """The vibration blocks in ``frame`` (none for speed, temperature and replies)."""
+        mtype = frame.type
+        if mtype in (MsgType.PONG, MsgType.ACK):
+            self.frames[MsgType(mtype).name.lower()] += 1
+            self.replies.append(frame)
+            del self.replies[:-16]
+            return []
+        if mtype not in (MsgType.SAMPLES, MsgType.SPEED, MsgType.TEMPERATURE):
+            self.frames["ignored"] += 1  # a command echoed back, or a gateway->MCU type
+            return []
+        stream = self._continuity(frame)
+        if stream is None:
+            return []
+        self.frames[MsgType(mtype).name.lower()] += 1
+        x = frame.samples()
+        if mtype == MsgType.SPEED:
+            self.rpm = float(np.mean(x[:, 0]))
+            return []
+        if mtype == MsgType.TEMPERATURE:
+            self.temperature_c[frame.sensor_id] = float(x[-1, 0])
+            return []
+        first = stream.next_sample - frame.n_samples
+        return [
+            SampleBlock(
+                channel=self.channel_name(frame.sensor_id, c), samples=np.ascontiguousarray(x[:, c]),
+                fs=frame.sample_rate, t0_us=frame.timestamp_us, seq=first, rpm=self.rpm, full_scale=frame.full_scale,
+            )
+            for c in range(frame.n_channels)
+        ]
+
+    def _continuity(self, frame: Frame) -> _Stream | None:
+        """Update the frame's stream; None when the frame must be dropped (duplicate)."""
+        key = (frame.sensor_id, frame.type)
+        fs = float(frame.sample_rate)
+        if (
+            frame.type == MsgType.SAMPLES and self.expected_fs
+            and abs(fs - self.expected_fs) > RATE_TOLERANCE * self.expected_fs
+        ):
+            self.rate_mismatches += 1
+        st = self._streams.get(key)
+        period_us = 1e6 / fs
+        if st is None:
+            st = self._streams[key] = _Stream(frame.seq, frame.n_samples, frame.timestamp_us + frame.n_samples * period_us, fs)
+            return st
+        step = (frame.seq - st.last_seq) % SEQ_MOD
+        if step == 0 or step > SEQ_MOD // 2:
+            self.duplicates += 1
+            return None
+        if step > 1:
+            self.seq_gaps += 1
+            self.frames_missing += step - 1
+            st.next_sample += (step - 1) * frame.n_samples
+        elif abs(frame.timestamp_us - st.next_ts_us) > TIMESTAMP_TOLERANCE_PERIODS * period_us:
+            self.timestamp_jumps += 1
+        st.last_seq = frame.seq
+        st.next_sample += frame.n_samples
+        st.next_ts_us = frame.timestamp_us + frame.n_samples * period_us
+        st.fs = fs
+        return st
+
+    def counters(self) -> dict[str, int]:
+        return {
+            **{f"frames_{k}": v for k, v in self.frames.items()},
+            "seq_gaps": self.seq_gaps,
+            "frames_missing": self.frames_missing,
+            "duplicates": self.duplicates,
+            "timestamp_jumps": self.timestamp_jumps,
+            "rate_mismatches": self.rate_mismatches,
+        }

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from edge_agent.protocol.frame import Frame, MsgType, SampleFormat, samples_frame
+from edge_agent.sources.assembler import FrameAssembler
+from edge_agent.windower import Windower
+
+
+def _frame(seq, n=256, ch=2, fs=25600.0, sensor=1, ts=None, mtype=MsgType.SAMPLES, fmt=SampleFormat.INT16, value=None):
+    x = np.full((n, ch), (seq % 1000) if value is None else value, dtype=np.int16)
+    t = round(seq * n * 1e6 / fs) if ts is None else ts
+    return samples_frame(x, sensor_id=sensor, seq=seq, timestamp_us=t, sample_rate=fs, scale=0.001, msg_type=mtype, sample_format=fmt)
+
+
+def test_consecutive_frames_give_consecutive_sample_sequences():
+    a = FrameAssembler("ser")
+    blocks = [b for s in range(3) for b in a.blocks(_frame(s))]
+    assert [(b.channel, b.seq) for b in blocks] == [
+        ("ser.s1.ch0", 0), ("ser.s1.ch1", 0), ("ser.s1.ch0", 256), ("ser.s1.ch1", 256), ("ser.s1.ch0", 512), ("ser.s1.ch1", 512)]
+    assert blocks[2].samples.dtype == np.float32 and blocks[2].samples[0] == np.float32(0.001)
+    assert blocks[0].full_scale == pytest.approx(32.767)
+    assert a.seq_gaps == 0 and a.frames["samples"] == 3
+
+
+def test_gap_is_counted_and_breaks_the_window():
+    a = FrameAssembler("ser")
+    w = Windower(length=512, hop=512, default_rpm=1.0)
+    for s in (0, 1, 4, 5):  # frames 2 and 3 lost
+        for b in a.blocks(_frame(s, ch=1)):
+            w.push(b)
+    assert a.seq_gaps == 1 and a.frames_missing == 2
+    # frames 0-1 and 4-5 make one window each; the windower saw the jump and joined nothing across it
+    assert w.windows["ser.s1.ch0"] == 2 and w.gaps["ser.s1.ch0"] == 1
+    a.blocks(_frame(5, ch=1))
+    assert a.duplicates == 1
+
+
+def test_seq_wraps_around():
+    a = FrameAssembler("ser")
+    assert a.blocks(_frame(2**32 - 1, ch=1, ts=0)) and a.blocks(_frame(0, ch=1, ts=10000))
+    assert a.seq_gaps == 0 and a.duplicates == 0
+
+
+def test_timestamp_jump_and_rate_mismatch_are_counted():
+    a = FrameAssembler("ser", expected_fs=25600.0)
+    a.blocks(_frame(0, ts=0))
+    a.blocks(_frame(1, ts=10_000 + 50_000))
+    a.blocks(_frame(2, fs=12800.0, ts=100_000))
+    assert a.timestamp_jumps >= 1 and a.rate_mismatches == 1
+
+
+def test_speed_and_temperature_frames():
+    a = FrameAssembler("ser")
+    speed = samples_frame(np.array([1500.0, 1510.0], np.float32), sensor_id=9, seq=0, timestamp_us=0,
+                          sample_rate=10.0, sample_format=SampleFormat.FLOAT32, msg_type=MsgType.SPEED)
+    temp = samples_frame(np.array([41.5], np.float32), sensor_id=9, seq=0, timestamp_us=0, sample_rate=1.0,
+                         sample_format=SampleFormat.FLOAT32, msg_type=MsgType.TEMPERATURE)
+    assert a.blocks(speed) == [] and a.blocks(temp) == []
+    assert a.rpm == 1505.0 and a.temperature_c == {9: 41.5}
+    assert a.blocks(_frame(0))[0].rpm == 1505.0
+    assert a.blocks(Frame(type=MsgType.PONG, sensor_id=9, payload=b"\x01\x00\x00\x00")) == [] and a.replies[-1].type == MsgType.PONG
