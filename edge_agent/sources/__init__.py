@@ -1,22 +1,35 @@
 """Sources of samples. Each one runs on its own thread and emits SampleBlocks.
 
-The interface (see base.py) is one method, ``run(emit, stop)``; decoding of wire frames
-happens inside the source, on its thread, so the processing thread only sees samples.
+The interface (see base.py) is ``run(emit, stop)`` and ``counters()``; decoding of wire
+frames happens inside the source, on its thread (protocol/ and assembler.py), so the
+processing thread only sees samples.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from edge_agent.sources.base import Source, SourceUnavailable
 
+# config [[source]] type -> (module, class)
+SOURCE_CLASSES = {
+    "emulator": ("edge_agent.sources.emulator", "EmulatorSource"),
+    "serial": ("edge_agent.sources.serial_port", "SerialSource"),
+    "mqtt": ("edge_agent.sources.mqtt_sensors", "MqttSensorSource"),
+    "replay": ("edge_agent.sources.replay", "ReplaySource"),
+}
+
 
 def make_source(cfg: Any) -> Source:
     """The source for one ``[[source]]`` config entry."""
-    if cfg.type == "emulator":
-        from edge_agent.sources.emulator import EmulatorSource
+    module_name, class_name = SOURCE_CLASSES[cfg.type]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise SourceUnavailable(f"source type {cfg.type!r} ({cfg.name}) lands with issue #3 (sensor ingestion)") from None
+    return getattr(module, class_name)(cfg)
 
-        return EmulatorSource(cfg)
-    raise SourceUnavailable(f"source type {cfg.type!r} ({cfg.name}) lands with issue #3 (sensor ingestion)")
 
-
-__all__ = ["Source", "SourceUnavailable", "make_source"]
+__all__ = ["Source", "SourceUnavailable", "make_source", "SOURCE_CLASSES"]
