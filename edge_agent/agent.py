@@ -3,13 +3,23 @@
 Threads and what they own (docs/ARCHITECTURE.md has the picture):
 
 * ``source:NAME`` (one per source) — reads its device, decodes, offers SampleBlocks to
-  the ``samples`` queue (never blocks: a full queue is counted as a drop);
-* ``processing`` — owns the windower, feature extractor, model and alert rules; commits
-  alerts and summaries to the outbox and rewrites the status file;
+  the ``samples`` queue (never blocks: a full queue is counted as a drop), except a
+  source that can wait (replay: ``wants_waiting_emit``), which waits for room instead;
+* ``processing`` — owns the windower, the data-quality checks (quality.py), feature
+  extractor, model and alert rules; commits alerts and summaries to the outbox and
+  rewrites the status file;
 * ``publisher`` — owns the MQTT client; drains the outbox (see publisher.py).
 
 Any exception while processing a batch is counted and logged, and the loop goes on: bad
 input never stops the agent.
+
+Data quality (``[quality]``): every window is checked before scoring and carries its
+flags. ``action = "flag"``: a flagged window is scored and its flags travel with its
+prediction (:class:`WindowResult`), but it raises no anomaly alert and does not count in
+the alert rules' history; ``action = "drop"``: it is not scored. In both modes a window
+with NaN/Inf, and a flagged window of a channel whose baseline is still being learnt, are
+never given to the model (the first cannot be scored, the second would be learnt as
+normal). ``alert_after`` flagged windows in a row raise one ``data_quality`` alert.
 """
 from __future__ import annotations
 
@@ -19,18 +29,22 @@ import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_agent import __version__
 from edge_agent.alerts import AlertRules
-from edge_agent.baseline import BaselineModel
+from edge_agent.baseline import BaselineModel, Prediction
 from edge_agent.bounded_queue import BoundedQueue
 from edge_agent.errors import StartupError
 from edge_agent.features import FeatureExtractor
 from edge_agent.interpreter import NoInterpreterBackend, load_backend
 from edge_agent.outbox import MemoryOutbox
 from edge_agent.publisher import Publisher
+from edge_agent.quality import PersistentProblems, QualityCounts, QualityLimits, check_windows
 from edge_agent.sources import make_source
 from edge_agent.status_file import write_status
 from edge_agent.topics import Topics
@@ -40,6 +54,20 @@ from edge_agent.windower import Windower
 log = logging.getLogger(__name__)
 SUMMARY_SCHEMA = 1
 BATCH_BLOCKS = 64  # blocks taken per processing round, so windows are batched per invoke
+WAIT_POLL_S = 0.005  # how often a waiting emit looks for room in the samples queue
+QUALITY_LOG_EVERY_S = 10.0
+# Source counters that describe the stream's quality (FrameAssembler's), for data_quality.
+STREAM_COUNTERS = ("seq_gaps", "frames_missing", "duplicates", "timestamp_jumps", "rate_mismatches")
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """What became of one window: its prediction (None when not scored: see the module
+    docstring) and the alert messages it caused. ``window.flags`` are its quality flags."""
+
+    window: Window
+    prediction: Prediction | None
+    alerts: tuple[dict, ...] = ()
 
 
 class Agent:
@@ -58,6 +86,11 @@ class Agent:
         self.outbox = MemoryOutbox(int(cfg.storage.outbox_max_mb * 1024 * 1024))
         self.sources = [make_source(s) for s in cfg.sources]
         self.windower = Windower(cfg.window.length, cfg.window.hop, cfg.shaft.rpm)
+        self.quality_action = cfg.quality.action
+        self.quality_limits = QualityLimits.from_config(cfg.quality)
+        self.quality = QualityCounts()
+        self._full_scale: dict[str, float] = {}  # channel -> the last full scale its blocks gave
+        self._quality_logged: dict[str, float] = {}
         self.extractor = FeatureExtractor()
         self.model = BaselineModel(cfg.model.baseline_windows, cfg.alerts.anomaly_threshold)
         self.rules = AlertRules(
@@ -67,20 +100,30 @@ class Agent:
             threshold=cfg.alerts.anomaly_threshold,
             model_version=self.model.version,
         )
+        self.quality_problems = PersistentProblems(
+            cfg.quality.alert_after, cfg.quality.clear_after, self.model.version, cfg.quality.action
+        )
         self.publisher = (
             Publisher(cfg.broker, self.topics, self.outbox, self._birth, qos=cfg.publish.qos) if cfg.broker.enabled else None
         )
         self.started = time.time()
         self.labels: Counter[str] = Counter()
         self.alerts_raised = 0
+        self.alerts_by_type: Counter[str] = Counter()
         self.alerts_cleared = 0
         self.processing_errors = 0
         self.bad_blocks: Counter[str] = Counter()
         self.source_errors: Counter[str] = Counter()
         self.windows_total = 0
+        self.windows_scored = 0
         self.feature_seconds = 0.0
         self._summary_labels: Counter[str] = Counter()
         self._threads: list[threading.Thread] = []
+        self._sources_running = len(self.sources)
+        self._sources_lock = threading.Lock()
+        self.sources_done = threading.Event()  # every source's run() has returned (replay ends)
+        if not self.sources:
+            self.sources_done.set()
 
     # -- life cycle -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -112,11 +155,34 @@ class Agent:
         self._threads.append(t)
 
     def _run_source(self, src, stop: threading.Event) -> None:
+        emit = self._waiting_emit(stop) if getattr(src, "wants_waiting_emit", False) else self.samples.offer
         try:
-            src.run(self.samples.offer, stop)
+            src.run(emit, stop)
         except Exception:
             self.source_errors[src.name] += 1
             log.exception("source %s failed; it is stopped, the agent goes on", src.name)
+        finally:
+            with self._sources_lock:
+                self._sources_running -= 1
+                if self._sources_running <= 0:
+                    self.sources_done.set()
+
+    def _waiting_emit(self, stop: threading.Event):
+        """An emit that waits for room in the samples queue instead of refusing, for
+        sources that can wait (a file): returns True once queued, False if ``stop`` is set
+        first. It offers only when there is room, so with this source the only producer
+        nothing is refused; should another source take the last slot in between, the
+        refusal is counted by the queue and the block is offered again, never lost."""
+        samples = self.samples
+
+        def emit(block: SampleBlock) -> bool:
+            while not stop.is_set():
+                if samples.qsize() < samples.maxsize and samples.offer(block):
+                    return True
+                stop.wait(WAIT_POLL_S)
+            return False
+
+        return emit
 
     # -- the processing thread --------------------------------------------------------------
     def _process(self, stop: threading.Event) -> None:
@@ -139,8 +205,8 @@ class Agent:
                 next_status = now + self.cfg.publish.status_interval_s
                 self._write_status(state="running")
 
-    def process_blocks(self, blocks: list[SampleBlock]) -> list[Window]:
-        """Window, featurise, score and apply alert rules to a batch of blocks."""
+    def process_blocks(self, blocks: list[SampleBlock]) -> list[WindowResult]:
+        """Window, check, featurise, score and apply alert rules to a batch of blocks."""
         windows: list[Window] = []
         for b in blocks:
             try:
@@ -148,25 +214,84 @@ class Agent:
             except ValueError as exc:
                 self.bad_blocks[b.channel] += 1
                 log.warning("bad sample block dropped: %s", exc)
+                continue
+            if b.full_scale is not None:
+                self._full_scale[b.channel] = b.full_scale
         if not windows:
-            return windows
-        t = time.perf_counter()
-        feats = self.extractor.extract(windows)
-        self.feature_seconds += time.perf_counter() - t
-        preds = self.model.predict(feats, [w.channel for w in windows])
-        for w, p in zip(windows, preds):
-            self.labels[p.label] += 1
-            self._summary_labels[p.label] += 1
-            for msg in self.rules.update(w, p):
+            return []
+        windows, details = self._check_quality(windows)
+        scored = [i for i, w in enumerate(windows) if self._scorable(w)]
+        preds: list[Prediction | None] = [None] * len(windows)
+        if scored:
+            t = time.perf_counter()
+            feats = self.extractor.extract([windows[i] for i in scored])
+            self.feature_seconds += time.perf_counter() - t
+            for i, p in zip(scored, self.model.predict(feats, [windows[i].channel for i in scored])):
+                preds[i] = p
+        results: list[WindowResult] = []
+        for w, p, detail in zip(windows, preds, details):
+            if w.flags:
+                self._log_quality(w, detail, scored=p is not None)
+            self.quality.record(w.channel, w.flags, scored=p is not None)
+            messages = self.quality_problems.update(w.channel, w.flags, w.t_start_us, w.rpm, detail)
+            if p is not None:
+                self.labels[p.label] += 1
+                self._summary_labels[p.label] += 1
+                if not w.flags:  # a flagged window never raises (nor clears) an anomaly alert
+                    messages += self.rules.update(w, p)
+            for msg in messages:
                 if msg["state"] == "open":
                     self.alerts_raised += 1
+                    self.alerts_by_type[msg["type"]] += 1
                     log.warning("ALERT %s %s on %s: %s", msg["severity"], msg["type"], msg["channel"], msg["explanation"])
                 else:
                     self.alerts_cleared += 1
-                    log.info("alert %s on %s cleared", msg["id"], msg["channel"])
+                    log.info("alert %s (%s) on %s cleared", msg["id"], msg["type"], msg["channel"])
                 self.outbox.commit("alert", msg)
+            results.append(WindowResult(w, p, tuple(messages)))
         self.windows_total += len(windows)
-        return windows
+        self.windows_scored += len(scored)
+        return results
+
+    def _check_quality(self, windows: list[Window]) -> tuple[list[Window], list[str]]:
+        """The windows with their quality flags set, and what is wrong with each ('' if
+        nothing). One vectorised check per length (the windower's is fixed)."""
+        by_length: dict[int, list[int]] = {}
+        for i, w in enumerate(windows):
+            by_length.setdefault(len(w.samples), []).append(i)
+        out, details = list(windows), [""] * len(windows)
+        for idx in by_length.values():
+            group = [windows[i] for i in idx]
+            report = check_windows(
+                np.stack([w.samples for w in group]),
+                np.array([w.fs for w in group]),
+                np.array([self._full_scale.get(w.channel, np.nan) for w in group]),
+                self.quality_limits,
+            )
+            for j, i in enumerate(idx):
+                flags = report.flags[j] | windows[i].flags
+                if flags:
+                    out[i] = replace(windows[i], flags=flags)
+                    details[i] = report.describe(j)
+        return out, details
+
+    def _scorable(self, w: Window) -> bool:
+        if not w.flags:
+            return True
+        if self.quality_action == "drop" or "nonfinite" in w.flags:
+            return False
+        is_learning = getattr(self.model, "is_learning", None)
+        return not (is_learning is not None and is_learning(w.channel))
+
+    def _log_quality(self, w: Window, detail: str, scored: bool) -> None:
+        key = f"{w.channel}:{','.join(sorted(w.flags))}"
+        now = time.monotonic()
+        if now - self._quality_logged.get(key, -QUALITY_LOG_EVERY_S) >= QUALITY_LOG_EVERY_S:
+            self._quality_logged[key] = now
+            what = "scored, no anomaly alert from it" if scored else "not scored"
+            log.warning("data quality: window on %s flagged %s (%s); %s. %d flagged windows on %s so far "
+                        "(logged at most every %g s)", w.channel, ", ".join(sorted(w.flags)), detail, what,
+                        self.quality.flagged[w.channel] + 1, w.channel, QUALITY_LOG_EVERY_S)
 
     # -- reporting --------------------------------------------------------------------------
     def _birth(self) -> dict:
@@ -190,7 +315,7 @@ class Agent:
             "agent_version": __version__,
             "model_version": self.model.version,
             "windows_per_label": labels,
-            "data_quality": {"gaps": dict(self.windower.gaps), "discarded_samples": dict(self.windower.discarded_samples)},
+            "data_quality": self.data_quality(),
             "dropped": {"samples_queue": self.samples.dropped},
             "evicted": dict(self.outbox.evicted),
             "errors": {
@@ -199,6 +324,29 @@ class Agent:
                 "sources": dict(self.source_errors),
             },
         }
+
+    def data_quality(self) -> dict:
+        """Data-quality counters, cumulative since start (per channel unless said)."""
+        return {
+            "action": self.quality_action,
+            **self.quality.as_dict(),
+            "gaps": dict(self.windower.gaps),
+            "discarded_samples": dict(self.windower.discarded_samples),
+            "open_alerts": len(self.quality_problems.open_alerts()),
+            "sources": {  # per source: its stream checks (FrameAssembler)
+                src.name: {k: v for k, v in counters.items() if k in STREAM_COUNTERS}
+                for src, counters in ((s, self._source_counters(s)) for s in self.sources)
+                if any(k in STREAM_COUNTERS for k in counters)
+            },
+        }
+
+    @staticmethod
+    def _source_counters(src) -> dict[str, int]:
+        try:
+            return dict(src.counters())
+        except Exception:  # noqa: BLE001 - reporting must not fail because of one source
+            log.exception("counters of source %s failed", src.name)
+            return {}
 
     def snapshot(self, state: str = "running") -> dict:
         pub = self.publisher
@@ -224,16 +372,19 @@ class Agent:
             },
             "counters": {
                 "windows": self.windows_total,
+                "windows_scored": self.windows_scored,
                 "windows_per_label": dict(self.labels),
                 "alerts_raised": self.alerts_raised,
+                "alerts_raised_by_type": dict(self.alerts_by_type),
                 "alerts_cleared": self.alerts_cleared,
-                "open_alerts": len(self.rules.open_alerts()),
+                "open_alerts": len(self.rules.open_alerts()) + len(self.quality_problems.open_alerts()),
                 "processing_errors": self.processing_errors,
                 "bad_blocks": dict(self.bad_blocks),
                 "source_errors": dict(self.source_errors),
                 "gaps": dict(self.windower.gaps),
             },
-            "sources": {s.name: s.counters() for s in self.sources},
+            "sources": {s.name: self._source_counters(s) for s in self.sources},
+            "data_quality": self.data_quality(),
         }
 
     def _write_status(self, state: str) -> None:

@@ -19,7 +19,6 @@ EXIT_USAGE = 2
 
 NOT_YET = {
     "replay": "#5 (model packs, the int8 runtime and replay)",
-    "emulate": "#3 (sensor ingestion and the firmware bridge)",
     "model": "#5 (model packs) and #8 (signed updates)",
     "alerts": "#7 (store-and-forward, alert engine and the local alert log)",
     "fleet": "#8 (model updates over MQTT and the fleet CLI)",
@@ -50,6 +49,23 @@ def _rate(text: str) -> float:
     return value
 
 
+def _emulator_fs(text: str) -> float:
+    value = _positive_float(text)
+    if not 1000 <= value <= 200000:
+        raise argparse.ArgumentTypeError(f"must be from 1000 to 200000 Hz, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="edge-agent", description="Edge inference runtime for wind-turbine predictive maintenance.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -75,14 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--model", metavar="PACK", help="model pack (default: models/default.pack)")
     replay.add_argument("--jsonl", action="store_true", help="one JSON object per window on stdout")
 
-    emulate = sub.add_parser("emulate", help="the sensor MCU emulator on a new pty")
+    emulate = sub.add_parser(
+        "emulate", help="the sensor MCU emulator on a new pty",
+        description="The sensor MCU on a new pty, reachable at the symlink PATH: streams vibration, speed and "
+        "temperature frames of the wire protocol once the gateway sends START, and answers PING, START, STOP, "
+        "SET_RATE and TIME_SYNC. Ctrl-C or SIGTERM stops it (exit 0, link removed).",
+    )
     emulate.add_argument("--link", required=True, metavar="PATH", help="symlink to create to the pty")
-    emulate.add_argument("--scenario", required=True, choices=SCENARIOS)
-    emulate.add_argument("--seconds", type=_positive_float, metavar="N")
-    emulate.add_argument("--fs", type=_positive_float, metavar="HZ")
-    emulate.add_argument("--channels", type=int, metavar="C")
-    emulate.add_argument("--corrupt", type=_rate, metavar="RATE", help="fraction of frames to corrupt (0-1)")
-    emulate.add_argument("--seed", type=int, default=0)
+    emulate.add_argument("--scenario", required=True, choices=SCENARIOS, help="machine condition; disconnect: the port vanishes for 5 s every 20 s")
+    emulate.add_argument("--seconds", type=_positive_float, metavar="N", help="stop after N seconds (default: until Ctrl-C or SIGTERM)")
+    emulate.add_argument("--fs", type=_emulator_fs, default=25600.0, metavar="HZ", help="accelerometer sample rate, 1000-200000 (default 25600)")
+    emulate.add_argument("--channels", type=int, default=4, choices=range(1, 17), metavar="C", help="accelerometer channels (1-16, default 4)")
+    emulate.add_argument("--corrupt", type=_rate, default=0.0, metavar="RATE", help="fraction of frames to corrupt on the wire (0-1)")
+    emulate.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed: the same seed gives the same bytes (default 0)")
+    emulate.add_argument("--stats", metavar="FILE", help="write a JSON account at exit: frames sent per stream, corruptions, disconnects")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
@@ -165,6 +187,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             seconds=args.seconds, scenario=args.scenario, channels=args.channels,
             speedup=args.speedup, broker=not args.no_broker,
         )
+    if args.command == "emulate":
+        from edge_agent.emulator.mcu import EmulateOptions, run_emulate
+
+        return run_emulate(EmulateOptions(
+            link=args.link, scenario=args.scenario, seconds=args.seconds, fs=args.fs, channels=args.channels,
+            corrupt=args.corrupt, seed=args.seed, stats=args.stats,
+        ))
     raise AssertionError(f"unhandled command {args.command}")  # the parser allows no other
 
 

@@ -104,6 +104,22 @@ SCHEMA: dict[str, tuple[str, tuple[Key, ...]]] = {  # section: (doc, keys)
         Key("raise_after", int, 3, "Anomalous windows (of raise_window) to raise", 1, 1000),
         Key("raise_window", int, 5, "Windows looked back over; >= raise_after", 1, 1000),
         Key("clear_after", int, 10, "Normal windows in a row that clear it", 1, 100000))),
+    "quality": ("Data-quality checks of every window before it is scored (edge_agent/quality.py).", (
+        Key("action", str, "flag", "flag = score it, but no anomaly alert from it; drop = do not "
+            "score it", choices=("flag", "drop")),
+        Key("expected_fs", float, 0.0, "Sample rate windows must have (1% tolerance), Hz; 0 = any",
+            rule=(lambda v: v == 0 or 1000 <= v <= 200000, "0 or from 1000 to 200000")),
+        Key("range_g", float, 500.0, "A sample beyond +-range_g is out of range, g", 0.01, 1e6),
+        Key("max_abs_g", float, 0.0, "Sensor full scale for clipping when frames do not give it, g;"
+            " 0 = look for flat tops", rule=(lambda v: 0 <= v <= 1e6, "0 or a number up to 1e6")),
+        Key("clip_fraction", float, 0.005, "Fraction of samples at full scale that is clipping",
+            1e-4, 1),
+        Key("flatline_ptp_g", float, 0.001, "Peak-to-peak below this is a flatline, g", 0, 1e3),
+        Key("flatline_repeat", float, 0.5, "Fraction of samples repeating the previous one that "
+            "is a flatline", 0.01, 1),
+        Key("alert_after", int, 10, "Flagged windows in a row of one channel that raise a "
+            "data_quality alert", 1, 100000),
+        Key("clear_after", int, 10, "Sound windows in a row that clear it", 1, 100000))),
     "publish": ("What is sent, and how often.", (
         Key("summary_interval_s", float, 60.0, "Time between summaries, seconds", 1, 86400),
         Key("status_interval_s", float, 5.0, "Time between local status file rewrites, seconds",
@@ -132,9 +148,14 @@ SOURCE_TYPES: dict[str, tuple[Key, ...]] = {
         Key("baud", int, 921600, "Baud rate, bit/s", 1200, 12_000_000),
         Key("read_timeout_s", float, 0.1, "Read timeout, seconds", 0.001, 10)),
     "mqtt": (
+        Key("broker_host", str, "127.0.0.1", "Sensor broker host name or IP address", rule=NONEMPTY),
+        Key("broker_port", int, 1883, "Sensor broker TCP port", 1, 65535),
         Key("topic", str, REQUIRED, "Topic of the sample blocks; + and # allowed", rule=NONEMPTY,
             example="sensors/wtg-01/vibration"),
-        Key("qos", int, 1, "Subscription QoS", 0, 1)),
+        Key("qos", int, 1, "Subscription QoS", 0, 1),
+        Key("fs", float, 0.0, "Sample rate the sensors should send, Hz; 0 = any (others are "
+            "counted as rate_mismatches)",
+            rule=(lambda v: v == 0 or 1000 <= v <= 200000, "0 or from 1000 to 200000"))),
     "emulator": (
         Key("scenario", str, "healthy", "Simulated machine condition", choices=SCENARIOS),
         Key("fs", float, 25600.0, "Sample rate, Hz", 1000, 200000),
@@ -170,12 +191,14 @@ WindowConfig = _dataclass("WindowConfig", *SCHEMA["window"])
 ShaftConfig = _dataclass("ShaftConfig", *SCHEMA["shaft"])
 ModelConfig = _dataclass("ModelConfig", *SCHEMA["model"])
 AlertsConfig = _dataclass("AlertsConfig", *SCHEMA["alerts"])
+QualityConfig = _dataclass("QualityConfig", *SCHEMA["quality"])
 PublishConfig = _dataclass("PublishConfig", *SCHEMA["publish"])
 StorageConfig = _dataclass("StorageConfig", *SCHEMA["storage"])
 QueuesConfig = _dataclass("QueuesConfig", *SCHEMA["queues"])
 LoggingConfig = _dataclass("LoggingConfig", *SCHEMA["logging"])
 # type, name, then every source type's keys (first occurrence): port, baud, read_timeout_s,
-# topic, qos, scenario, fs, channels, rpm, seed, speedup, path, loop.
+# host, topic, qos, fs, scenario, channels, rpm, seed, speedup, path, loop. ``port`` is the
+# serial device (str) for "serial" and the broker's TCP port (int) for "mqtt".
 SourceConfig = _dataclass(
     "SourceConfig", "One [[source]]; keys its type does not use keep neutral values.",
     {k.name: k for k in SOURCE_COMMON + sum(SOURCE_TYPES.values(), ())}.values(), neutral=True)
@@ -192,6 +215,7 @@ class Config:
     shaft: ShaftConfig
     model: ModelConfig
     alerts: AlertsConfig
+    quality: QualityConfig
     publish: PublishConfig
     storage: StorageConfig
     queues: QueuesConfig

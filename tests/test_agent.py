@@ -91,3 +91,148 @@ def test_bad_block_is_counted_and_processing_goes_on(tmp_path):
     t.join(5)
     assert agent.bad_blocks == {"x": 1}
     assert agent.windows_total == agent.windower.windows["y"] > 0  # the good block, whole
+
+
+# -- data quality ---------------------------------------------------------------------------
+import numpy as np  # noqa: E402
+
+from edge_agent.emulator.signal import SignalGenerator, SignalSpec  # noqa: E402
+from edge_agent.window import SampleBlock  # noqa: E402
+
+FS = 25600.0
+
+
+def emulator_blocks(scenario, seconds, channels=2, seed=0, block=1024):
+    """Blocks of the emulator's signal, as EmulatorSource emits them, without the pacing."""
+    gens = [SignalGenerator(SignalSpec(fs=FS, scenario=scenario, seed=seed), i) for i in range(channels)]
+    out = []
+    for k in range(int(seconds * FS) // block):
+        for i, gen in enumerate(gens):
+            x, rpm = gen.next_block(block)
+            out.append(SampleBlock(f"emu.accel{i}", x, FS, round(k * block * 1e6 / FS), k * block, rpm))
+    return out
+
+
+def feed(agent, blocks, batch=64):
+    results = []
+    for i in range(0, len(blocks), batch):
+        results += agent.process_blocks(blocks[i:i + batch])
+    return results
+
+
+def quality_agent(tmp_path, action="flag"):
+    cfg = _config(tmp_path, scenario="healthy")
+    return Agent(replace(cfg, quality=replace(cfg.quality, action=action)))
+
+
+def committed(agent, kind):
+    return [json.loads(item.payload) for item in agent.outbox.pending(10**6) if item.kind == kind]
+
+
+@pytest.mark.parametrize("scenario, flag", [("flatline", "flatline"), ("clipping", "clipping")])
+def test_flagged_windows_are_scored_but_raise_no_anomaly_alert(tmp_path, scenario, flag):
+    agent = quality_agent(tmp_path, "flag")
+    results = feed(agent, emulator_blocks(scenario, 30.0))
+    flagged = [r for r in results if r.window.flags]
+    per_channel = {ch: sum(1 for r in flagged if r.window.channel == ch) for ch in ("emu.accel0", "emu.accel1")}
+    # onset at 5 s: of ~373 windows per channel, all after the onset (~310) are flagged
+    assert all(300 <= n <= 312 for n in per_channel.values()), per_channel
+    assert {f for r in flagged for f in r.window.flags} == {flag}
+    # flagged windows are scored (the baseline was learnt before the onset), flags travel with them
+    assert all(r.prediction is not None for r in flagged)
+    assert agent.windows_scored == agent.windows_total == len(results)
+    # no anomaly alert at all: not from flagged windows, and the lone partial window at the
+    # onset is not enough for k-of-n; instead one data_quality alert per channel
+    assert all(a["type"] != "anomaly" for r in flagged for a in r.alerts)
+    alerts = committed(agent, "alert")
+    assert [(a["type"], a["label"], a["state"]) for a in alerts] == [("data_quality", flag, "open")] * 2
+    assert {a["channel"] for a in alerts} == {"emu.accel0", "emu.accel1"}
+    assert agent.alerts_by_type == {"data_quality": 2}
+    # counters in the status snapshot and in the summary
+    for dq in (agent.snapshot()["data_quality"], agent.summary()["data_quality"]):
+        assert dq["action"] == "flag"
+        assert dq["windows_flagged"] == per_channel
+        assert dq["flags"] == {ch: {flag: n} for ch, n in per_channel.items()}
+        assert dq["windows_unscored"] == {}
+        assert dq["windows_checked"] == {ch: len(results) // 2 for ch in per_channel}
+        assert dq["open_alerts"] == 2
+    assert agent.snapshot()["counters"]["open_alerts"] == 2
+
+
+def test_drop_mode_keeps_flagged_windows_from_the_model(tmp_path):
+    agent = quality_agent(tmp_path, "drop")
+    extracted = []
+    extract = agent.extractor.extract
+
+    def spy(windows):  # the model only ever sees what the extractor was given
+        extracted.extend(windows)
+        return extract(windows)
+
+    agent.extractor.extract = spy
+    results = feed(agent, emulator_blocks("flatline", 30.0))
+    flagged = [r for r in results if r.window.flags]
+    assert len(flagged) > 500
+    assert all(r.prediction is None for r in flagged)
+    assert all(r.prediction is not None for r in results if not r.window.flags)
+    assert extracted and not any(w.flags for w in extracted)
+    assert len(extracted) == agent.windows_scored == len(results) - len(flagged)
+    dq = agent.snapshot()["data_quality"]
+    assert dq["action"] == "drop"
+    assert dq["windows_unscored"] == dq["windows_flagged"] and sum(dq["windows_unscored"].values()) == len(flagged)
+    assert [a["type"] for a in committed(agent, "alert")] == ["data_quality", "data_quality"]
+    assert "they are not scored" in committed(agent, "alert")[0]["explanation"]
+
+
+def test_healthy_windows_are_not_flagged(tmp_path):
+    agent = quality_agent(tmp_path)
+    results = feed(agent, emulator_blocks("healthy", 20.0))
+    assert len(results) > 400
+    assert not any(r.window.flags for r in results)
+    dq = agent.summary()["data_quality"]
+    assert dq["windows_flagged"] == {} and dq["flags"] == {} and dq["open_alerts"] == 0
+    assert sum(dq["windows_checked"].values()) == len(results)
+    assert committed(agent, "alert") == []
+
+
+def test_nan_samples_are_flagged_never_scored_and_processing_goes_on(tmp_path):
+    agent = quality_agent(tmp_path)
+    blocks = emulator_blocks("healthy", 8.0, channels=1)
+    feed(agent, blocks[:150])  # baseline learnt
+    bad = blocks[150].samples.copy()
+    bad[10:20] = np.nan
+    results = feed(agent, [replace(blocks[150], samples=bad), *blocks[151:]])
+    hit = [r for r in results if "nonfinite" in r.window.flags]
+    first, last = blocks[150].seq + 10, blocks[150].seq + 19  # the NaN samples
+    hop, length = agent.cfg.window.hop, agent.cfg.window.length
+    covering = [k * hop for k in range(last // hop + 1) if k * hop <= last and first < k * hop + length]
+    assert [r.window.seq_first for r in hit] == covering and len(hit) == 2
+    assert all(r.prediction is None for r in hit)
+    assert all(r.prediction is not None for r in results if not r.window.flags)
+    dq = agent.snapshot()["data_quality"]
+    assert dq["flags"] == {"emu.accel0": {"nonfinite": len(hit)}}
+    assert dq["windows_unscored"] == {"emu.accel0": len(hit)}
+    assert agent.processing_errors == 0 and agent.alerts_raised == 0
+
+
+@pytest.mark.parametrize("scenario", ["flatline", "clipping", "healthy"])
+def test_agent_run_reports_data_quality_in_status_and_summaries(tmp_path, scenario):
+    agent = Agent(_config(tmp_path, scenario=scenario, speedup=10.0))
+    _run_for(agent, 3.5)  # ~35 s of machine time; a sensor fault from 5 s on
+    snap = read_status(tmp_path / "state")
+    dq = snap["data_quality"]
+    summaries = committed(agent, "summary")
+    assert len(summaries) >= 2
+    last = summaries[-1]["data_quality"]
+    alerts = committed(agent, "alert")
+    assert all(a["type"] != "anomaly" for a in alerts)
+    assert sum(dq["windows_checked"].values()) == snap["counters"]["windows"] > 100
+    if scenario == "healthy":
+        assert dq["windows_flagged"] == {} and last["windows_flagged"] == {} and alerts == []
+        return
+    assert set(dq["windows_flagged"]) == {"emulator0.accel0", "emulator0.accel1"}
+    assert all(n > 50 for n in dq["windows_flagged"].values())
+    assert {f for per in dq["flags"].values() for f in per} == {scenario}
+    assert set(last["windows_flagged"]) == set(dq["windows_flagged"])
+    assert 0 < sum(last["windows_flagged"].values()) <= sum(dq["windows_flagged"].values())
+    assert {(a["type"], a["label"]) for a in alerts} == {("data_quality", scenario)}
+    assert snap["counters"]["alerts_raised_by_type"] == {"data_quality": 2}

@@ -59,3 +59,18 @@ def test_speed_and_temperature_frames():
     assert a.rpm == 1505.0 and a.temperature_c == {9: 41.5}
     assert a.blocks(_frame(0))[0].rpm == 1505.0
     assert a.blocks(Frame(type=MsgType.PONG, sensor_id=9, payload=b"\x01\x00\x00\x00")) == [] and a.replies[-1].type == MsgType.PONG
+
+
+def test_mcu_restart_is_a_restart_not_a_flood_of_duplicates():
+    a = FrameAssembler("ser")
+    w = Windower(length=512, hop=512, default_rpm=1.0)
+    for s in range(1000, 1004):
+        for b in a.blocks(_frame(s, ch=1)):
+            w.push(b)
+    a.blocks(_frame(1001, ch=1))  # a late duplicate: dropped
+    after = [b for s in range(0, 4) for b in a.blocks(_frame(s, ch=1, ts=10**9 + s * 10000))]  # the MCU rebooted
+    assert len(after) == 4 and a.restarts == 1 and a.duplicates == 1
+    for b in after:
+        w.push(b)
+    assert w.gaps["ser.s1.ch0"] == 1  # nothing joined across the reboot
+    assert w.windows["ser.s1.ch0"] == 4

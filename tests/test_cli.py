@@ -60,7 +60,7 @@ def test_bad_arguments_are_one_line_exit_2(args, needle):
 
 @pytest.mark.parametrize(
     "args",
-    [["replay", "x.npz"], ["emulate", "--link", "/tmp/x", "--scenario", "healthy"], ["model", "info", "a.pack"],
+    [["replay", "x.npz"], ["model", "info", "a.pack"],
      ["model", "verify", "a.pack"], ["alerts"], ["alerts", "ack", "1", "--by", "me"], ["alerts", "export"],
      ["fleet", "keygen", "ops"], ["fleet", "status"]],
 )

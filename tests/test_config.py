@@ -78,7 +78,7 @@ def test_dataclass_fields_follow_the_schema() -> None:
         cls = Config.__annotations__[section]
         assert [f.name for f in dataclasses.fields(cls)] == [k.name for k in keys]
     assert [f.name for f in dataclasses.fields(SourceConfig)] == [
-        "type", "name", "port", "baud", "read_timeout_s", "topic", "qos", "scenario", "fs",
+        "type", "name", "port", "baud", "read_timeout_s", "broker_host", "broker_port", "topic", "qos", "fs", "scenario",
         "channels", "rpm", "seed", "speedup", "path", "loop"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         default_config().broker.port = 1  # type: ignore[misc]

@@ -86,12 +86,35 @@ def test_run_with_a_bad_config_is_one_line_per_problem_exit_2(tmp_path):
     assert len(lines) == 2 and "broker.port" in lines[0] and "devcie" in lines[1] and "Traceback" not in r.stderr
 
 
-def test_run_with_a_source_not_landed_yet_says_so(tmp_path):
+def test_run_with_a_serial_port_that_does_not_exist_keeps_retrying_and_sigterm_exits_0(tmp_path):
+    port, state = tmp_path / "ttyACM-unplugged", tmp_path / "state"
     cfg = tmp_path / "serial.toml"
-    cfg.write_text(f'[[source]]\ntype = "serial"\nport = "/dev/ttyACM0"\n[storage]\ndir = "{tmp_path}"\n')
-    r = run_cli("run", "--config", str(cfg))
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["edge-agent: cannot start: source type 'serial' (serial0) lands with issue #3 (sensor ingestion)"]
+    cfg.write_text(
+        f'[broker]\nenabled = false\n[[source]]\ntype = "serial"\nport = "{port}"\n'
+        f'[publish]\nstatus_interval_s = 0.5\n[storage]\ndir = "{state}"\n'
+    )
+    p = subprocess.Popen([*edge_agent_cmd(), "run", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        serial0 = {}
+        while time.monotonic() < deadline and p.poll() is None:
+            snap = read_status(tmp_path / "state")
+            serial0 = (snap or {}).get("sources", {}).get("serial0", {})
+            if serial0.get("port_open_failures", 0) >= 4:
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, p.communicate()
+        assert serial0.get("port_open_failures", 0) >= 4 and serial0["port_opens"] == 0, serial0
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert "Traceback" not in out + err
+    # said clearly, and once (not once per retry)
+    assert out.count(f"cannot open {port}") == 1 and "retrying" in out, out
+    assert read_status(tmp_path / "state")["state"] == "stopped"
 
 
 def test_unwritable_storage_dir_is_one_clear_line(tmp_path):

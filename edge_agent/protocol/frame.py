@@ -23,6 +23,7 @@ place resynchronises at the next 0x00. We use the ``cobs`` package (C), ``zlib.c
 """
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -64,6 +65,14 @@ class SampleFormat(IntEnum):
 
 DTYPES = {SampleFormat.INT16: np.dtype("<i2"), SampleFormat.INT32: np.dtype("<i4"), SampleFormat.FLOAT32: np.dtype("<f4")}
 SAMPLE_TYPES = frozenset({MsgType.SAMPLES, MsgType.SPEED, MsgType.TEMPERATURE})
+# Payload bytes of the frames that carry no samples: a v1 frame of these types with any
+# other payload length is refused ("length"), so a receiver can read the token/status fields
+# without bounds checks of its own.
+FIXED_PAYLOAD = {
+    MsgType.PONG: 4, MsgType.ACK: 2, MsgType.PING: 4, MsgType.START: 0, MsgType.STOP: 0,
+    MsgType.SET_RATE: 0, MsgType.TIME_SYNC: 0,
+}
+MAX_RATE = 1e7  # Hz; a sample rate must satisfy 0 < rate < MAX_RATE
 _KNOWN_TYPES = frozenset(int(t) for t in MsgType)
 
 
@@ -113,9 +122,11 @@ class Frame:
 
 def encode_raw(frame: Frame) -> bytes:
     """Header, payload and CRC of ``frame`` (before COBS): what an MQTT message carries."""
+    if len(frame.payload) > MAX_PAYLOAD:
+        raise FrameError("oversize", f"payload {len(frame.payload)} bytes, at most {MAX_PAYLOAD}")
     head = HEADER.pack(
         frame.version, frame.type, frame.sensor_id, frame.n_channels, frame.sample_format, frame.n_samples,
-        frame.scale, frame.sample_rate, frame.seq & 0xFFFFFFFF, frame.timestamp_us, 
+        frame.scale, frame.sample_rate, frame.seq & 0xFFFFFFFF, frame.timestamp_us,
     )
     body = head + frame.payload
     return body + CRC.pack(zlib.crc32(body))
@@ -143,30 +154,45 @@ def samples_frame(
 
 
 def decode_raw(raw: bytes) -> Frame:
-    """Check and parse one frame (header | payload | crc); raise FrameError with the reason."""
-    if len(raw) < HEADER_SIZE + CRC.size:
-        raise FrameError("short", f"{len(raw)} bytes, a frame has at least {HEADER_SIZE + CRC.size}")
-    if len(raw) > MAX_RAW:
-        raise FrameError("oversize", f"{len(raw)} bytes, at most {MAX_RAW}")
-    body = raw[:-4]
-    (crc,) = CRC.unpack_from(raw, len(raw) - 4)
-    if zlib.crc32(body) != crc:
+    """Check and parse one frame (header | payload | crc); raise FrameError with the reason.
+
+    The checks run in this order and the first failing one names the reason: short,
+    oversize, crc, version, type, then for sample frames format (sample format, then scale
+    finite and non-zero), length, rate, and for the
+    other types length (FIXED_PAYLOAD) and, for SET_RATE, rate. The C decoder
+    (firmware_bridge/c/edge_frame.h) checks in the same order.
+    """
+    n = len(raw)
+    if n < HEADER_SIZE + CRC.size:
+        raise FrameError("short", f"{n} bytes, a frame has at least {HEADER_SIZE + CRC.size}")
+    if n > MAX_RAW:
+        raise FrameError("oversize", f"{n} bytes, at most {MAX_RAW}")
+    view = memoryview(raw)
+    (crc,) = CRC.unpack_from(raw, n - 4)
+    if zlib.crc32(view[:-4]) != crc:
         raise FrameError("crc", "CRC-32 mismatch")
-    version, mtype, sensor, nch, fmt, nsamp, scale, fs, seq, ts = HEADER.unpack_from(body)
+    version, mtype, sensor, nch, fmt, nsamp, scale, fs, seq, ts = HEADER.unpack_from(raw)
     if version != VERSION:
         raise FrameError("version", f"protocol version {version}, this gateway speaks {VERSION}")
     if mtype not in _KNOWN_TYPES:
         raise FrameError("type", f"unknown message type 0x{mtype:02x}")
-    payload = body[HEADER_SIZE:]
+    n_payload = n - HEADER_SIZE - CRC.size
     if mtype in SAMPLE_TYPES:
         dtype = DTYPES.get(fmt)  # type: ignore[call-overload]
         if dtype is None:
             raise FrameError("format", f"unknown sample format {fmt}")
-        if nch == 0 or nsamp == 0 or len(payload) != nch * nsamp * dtype.itemsize:
-            raise FrameError("length", f"payload {len(payload)} bytes does not hold {nsamp} x {nch} samples of {dtype}")
-        if not (fs > 0 and fs < 1e7):  # also false for NaN
+        if not (math.isfinite(scale) and scale != 0.0):
+            raise FrameError("format", f"scale {scale} (must be a finite, non-zero number)")
+        if nch == 0 or nsamp == 0 or n_payload != nch * nsamp * dtype.itemsize:
+            raise FrameError("length", f"payload {n_payload} bytes does not hold {nsamp} x {nch} samples of {dtype}")
+        if not (fs > 0 and fs < MAX_RATE):  # also false for NaN
             raise FrameError("rate", f"sample rate {fs}")
-    return Frame(mtype, sensor, nch, fmt, nsamp, scale, fs, seq, ts, bytes(payload), version)
+    else:
+        if n_payload != FIXED_PAYLOAD[mtype]:
+            raise FrameError("length", f"{MsgType(mtype).name} payload {n_payload} bytes, must be {FIXED_PAYLOAD[mtype]}")
+        if mtype == MsgType.SET_RATE and not (fs > 0 and fs < MAX_RATE):
+            raise FrameError("rate", f"SET_RATE to {fs} Hz")
+    return Frame(mtype, sensor, nch, fmt, nsamp, scale, fs, seq, ts, bytes(view[HEADER_SIZE:-4]), version)
 
 
 def decode_wire_chunk(chunk: bytes) -> Frame:

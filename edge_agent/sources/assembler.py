@@ -2,7 +2,9 @@
 
 A stream is one sensor's one message type (``sensor_id``, type). Its frame ``seq`` must go
 up by one per frame (modulo 2^32): a jump is a gap (counted, with the number of frames
-missing), a repeat or a step back is a duplicate or reordering (counted and dropped). The
+missing); a repeat or a small step back is a duplicate or a reordered frame (counted and
+dropped); a larger step back is the MCU restarting its counter (a reboot): counted as a
+restart, and the stream starts afresh there with a gap before it. The
 sample sequence handed to the windower advances by the samples actually received, plus the
 estimated samples missing across a gap, so the windower never joins samples across it.
 Timestamps are checked against the previous frame's end (a jump of more than a few sample
@@ -23,6 +25,7 @@ from edge_agent.window import SampleBlock
 SEQ_MOD = 1 << 32
 TIMESTAMP_TOLERANCE_PERIODS = 4.0  # sample periods of timestamp error tolerated between frames
 RATE_TOLERANCE = 0.01  # relative difference between a frame's rate and the expected rate
+REORDER_WINDOW = 16  # a step back of at most this many frames is a duplicate/reordering, more is a restart
 
 
 @dataclass(slots=True)
@@ -44,6 +47,7 @@ class FrameAssembler:
         self.seq_gaps = 0
         self.frames_missing = 0
         self.duplicates = 0
+        self.restarts = 0
         self.timestamp_jumps = 0
         self.rate_mismatches = 0
         self.replies: list[Frame] = []  # PONG / ACK frames, for whoever sent the command
@@ -86,20 +90,25 @@ class FrameAssembler:
         """Update the frame's stream; None when the frame must be dropped (duplicate)."""
         key = (frame.sensor_id, frame.type)
         fs = float(frame.sample_rate)
+        st = self._streams.get(key)
+        period_us = 1e6 / fs
+        step = 1 if st is None else (frame.seq - st.last_seq) % SEQ_MOD
+        if st is not None and (step == 0 or SEQ_MOD - step <= REORDER_WINDOW):
+            self.duplicates += 1
+            return None
         if (
             frame.type == MsgType.SAMPLES and self.expected_fs
             and abs(fs - self.expected_fs) > RATE_TOLERANCE * self.expected_fs
         ):
             self.rate_mismatches += 1
-        st = self._streams.get(key)
-        period_us = 1e6 / fs
-        if st is None:
-            st = self._streams[key] = _Stream(frame.seq, frame.n_samples, frame.timestamp_us + frame.n_samples * period_us, fs)
+        if st is None or step > SEQ_MOD // 2:
+            if st is not None:
+                self.restarts += 1
+                gap = st.next_sample + 1  # one sample of daylight: the windower restarts here
+            else:
+                gap = 0
+            st = self._streams[key] = _Stream(frame.seq, gap + frame.n_samples, frame.timestamp_us + frame.n_samples * period_us, fs)
             return st
-        step = (frame.seq - st.last_seq) % SEQ_MOD
-        if step == 0 or step > SEQ_MOD // 2:
-            self.duplicates += 1
-            return None
         if step > 1:
             self.seq_gaps += 1
             self.frames_missing += step - 1
@@ -114,10 +123,12 @@ class FrameAssembler:
 
     def counters(self) -> dict[str, int]:
         return {
-            **{f"frames_{k}": v for k, v in self.frames.items()},
+            # dict() copies atomically under the GIL: the source thread may be adding keys
+            **{f"frames_{k}": v for k, v in dict(self.frames).items()},
             "seq_gaps": self.seq_gaps,
             "frames_missing": self.frames_missing,
             "duplicates": self.duplicates,
+            "restarts": self.restarts,
             "timestamp_jumps": self.timestamp_jumps,
             "rate_mismatches": self.rate_mismatches,
         }
