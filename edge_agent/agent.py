@@ -54,7 +54,6 @@ from edge_agent.windower import Windower
 log = logging.getLogger(__name__)
 SUMMARY_SCHEMA = 1
 BATCH_BLOCKS = 64  # blocks taken per processing round, so windows are batched per invoke
-WAIT_POLL_S = 0.005  # how often a waiting emit looks for room in the samples queue
 QUALITY_LOG_EVERY_S = 10.0
 # Source counters that describe the stream's quality (FrameAssembler's), for data_quality.
 STREAM_COUNTERS = ("seq_gaps", "frames_missing", "duplicates", "timestamp_jumps", "rate_mismatches")
@@ -155,7 +154,11 @@ class Agent:
         self._threads.append(t)
 
     def _run_source(self, src, stop: threading.Event) -> None:
-        emit = self._waiting_emit(stop) if getattr(src, "wants_waiting_emit", False) else self.samples.offer
+        if getattr(src, "wants_waiting_emit", False):
+            def emit(block: SampleBlock) -> bool:
+                return self.samples.put_until(block, stop)
+        else:
+            emit = self.samples.offer
         try:
             src.run(emit, stop)
         except Exception:
@@ -166,23 +169,6 @@ class Agent:
                 self._sources_running -= 1
                 if self._sources_running <= 0:
                     self.sources_done.set()
-
-    def _waiting_emit(self, stop: threading.Event):
-        """An emit that waits for room in the samples queue instead of refusing, for
-        sources that can wait (a file): returns True once queued, False if ``stop`` is set
-        first. It offers only when there is room, so with this source the only producer
-        nothing is refused; should another source take the last slot in between, the
-        refusal is counted by the queue and the block is offered again, never lost."""
-        samples = self.samples
-
-        def emit(block: SampleBlock) -> bool:
-            while not stop.is_set():
-                if samples.qsize() < samples.maxsize and samples.offer(block):
-                    return True
-                stop.wait(WAIT_POLL_S)
-            return False
-
-        return emit
 
     # -- the processing thread --------------------------------------------------------------
     def _process(self, stop: threading.Event) -> None:

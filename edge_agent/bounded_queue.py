@@ -63,6 +63,19 @@ class BoundedQueue(Generic[T]):
             self._accepted += 1
         return True
 
+    def put_until(self, item: T, stop: threading.Event, poll_s: float = 0.1) -> bool:
+        """Enqueue, waiting as long as it takes for room (a producer that can wait, like a
+        file); False only if ``stop`` is set first. Waiting is not a drop: nothing counted."""
+        while not stop.is_set():
+            try:
+                self._q.put(item, timeout=poll_s)
+            except queue.Full:
+                continue
+            with self._lock:
+                self._accepted += 1
+            return True
+        return False
+
     def get(self, timeout: float) -> T | None:
         """The next item, or None after ``timeout`` seconds with nothing to take."""
         try:

@@ -20,3 +20,15 @@ def test_put_waits_for_room_and_counts_a_timeout():
     threading.Timer(0.05, lambda: q.get(timeout=1)).start()
     assert q.put("c", timeout=2.0)
     assert q.get(timeout=1) == "c"
+
+
+def test_put_until_waits_without_counting_and_gives_up_on_stop():
+    q = BoundedQueue("t", maxsize=1)
+    stop = threading.Event()
+    assert q.put_until("a", stop)
+    threading.Timer(0.3, lambda: q.get(timeout=1)).start()
+    assert q.put_until("b", stop, poll_s=0.05)  # waited ~0.3 s for room
+    assert q.dropped == 0 and q.accepted == 2
+    threading.Timer(0.1, stop.set).start()
+    assert not q.put_until("c", stop, poll_s=0.05)
+    assert q.dropped == 0 and q.get(timeout=0.1) == "b"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from edge_agent.sources.base import Source, SourceUnavailable
+from edge_agent.sources.base import Source
 
 # config [[source]] type -> (module, class)
 SOURCE_CLASSES = {
@@ -23,13 +23,7 @@ SOURCE_CLASSES = {
 def make_source(cfg: Any) -> Source:
     """The source for one ``[[source]]`` config entry."""
     module_name, class_name = SOURCE_CLASSES[cfg.type]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise SourceUnavailable(f"source type {cfg.type!r} ({cfg.name}) lands with issue #3 (sensor ingestion)") from None
-    return getattr(module, class_name)(cfg)
+    return getattr(importlib.import_module(module_name), class_name)(cfg)
 
 
-__all__ = ["Source", "SourceUnavailable", "make_source", "SOURCE_CLASSES"]
+__all__ = ["Source", "make_source", "SOURCE_CLASSES"]

@@ -4,14 +4,9 @@ from __future__ import annotations
 import threading
 from typing import Callable, Protocol
 
-from edge_agent.errors import StartupError
 from edge_agent.window import SampleBlock
 
-Emit = Callable[[SampleBlock], None]
-
-
-class SourceUnavailable(StartupError):
-    """A configured source cannot run here (not implemented yet, or its device is missing)."""
+Emit = Callable[[SampleBlock], bool]  # False: refused (full queue, counted) or stopped
 
 
 class Source(Protocol):

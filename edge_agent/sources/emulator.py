@@ -1,7 +1,8 @@
 """The in-process sensor emulator source: SignalGenerator blocks, paced in real time.
 
-Used by ``edge-agent demo`` and by tests; the emulator behind a pty and the wire protocol
-(``edge-agent emulate``) land with issue #3. ``speedup`` runs faster than real time.
+Used by ``edge-agent demo`` and by tests: the signal without the wire. The MCU emulator
+behind a pty that speaks the wire protocol is ``edge-agent emulate`` (emulator/mcu.py).
+``speedup`` runs faster than real time.
 The ``disconnect`` scenario drops the sensor for 3 s in every 10 s after onset: those
 samples are never emitted, so downstream sees a sequence gap, as with a real unplugged MCU.
 """

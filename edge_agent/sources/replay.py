@@ -7,7 +7,7 @@ end of the recording (or starts again with ``loop = true``).
 
 No drops: a file can wait, unlike a serial port, so the replay source asks the agent for
 a *waiting* emit (``wants_waiting_emit``): the agent hands it a function that waits for
-room in the samples queue instead of refusing (agent.py, ``Agent._waiting_emit``). The
+room in the samples queue instead of refusing (``BoundedQueue.put_until``). The
 source treats ``emit(...) is False`` as "stopped" and returns. Any other emit (a list's
 ``append`` in tests) is taken as accepted.
 
