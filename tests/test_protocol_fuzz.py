@@ -9,6 +9,9 @@ Properties, on every input:
   (stronger than "MAX_ENCODED + one feed"), returns exactly the intact frames of the stream,
   and gives the same frames and counters however the stream is cut into pieces.
 
+A coverage-guided atheris (libFuzzer) run of 100,000 inputs seeded with the shared vectors
+is the last test (tests/fuzz/fuzz_wire_decoder.py, ~10 s).
+
 Hypothesis alone would be too slow for 100k inputs in CI's ~60 s on this 2-core machine: its
 6,000 examples below take ~5 s (~0.9 ms each, so 100k would take ~90 s). The bulk is
 therefore a seeded NumPy mutation loop: 120,000 chunks (~2.5 s), 30,000 header edits behind a
@@ -19,10 +22,14 @@ counts (accepted mutants by kind, rejections by reason) and the time of the bulk
 """
 from __future__ import annotations
 
+import platform
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +42,7 @@ from edge_agent.protocol.frame import (
     encode_wire, samples_frame,
 )
 from edge_agent.protocol.stream import StreamDecoder
+from test_protocol import VECTORS, make_vectors  # the shared vectors and their parser
 
 pytestmark = pytest.mark.timeout(180)  # "never hangs": a loop that stalls fails here, not at the global 300 s
 
@@ -355,3 +363,30 @@ def test_any_cut_of_a_stream_gives_the_same_result(parts, cuts):
     pieces = StreamDecoder(max_encoded=1500)
     assert _feed_in_pieces(pieces, stream, sorted(c for c in cuts if c <= len(stream))) == got
     assert pieces.rejected == whole.rejected
+
+
+# -- coverage-guided: atheris (libFuzzer) -------------------------------------------------------
+ATHERIS_HARNESS = Path(__file__).parent / "fuzz" / "fuzz_wire_decoder.py"
+ATHERIS_RUNS = 100_000
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="atheris (a dev extra) has wheels for x86-64 Linux only")
+def test_atheris_coverage_guided_100k_inputs(tmp_path: Path) -> None:
+    """100,000 coverage-guided inputs (~10 s here), seeded with the shared test vectors'
+    valid frames up to 4 kB; libFuzzer mutates them towards new code paths. The harness
+    raises on anything but FrameError, on any exception from the stream decoder, and when
+    the decoder holds more than its bound, and atheris then exits non-zero."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    valid, _ = make_vectors.parse(VECTORS.read_text())
+    seeds = [v for v in valid if len(v.wire) <= 4096]
+    for v in seeds:
+        (corpus / v.name).write_bytes(v.wire)
+    assert len(seeds) >= 20
+    r = subprocess.run(
+        [sys.executable, str(ATHERIS_HARNESS), f"-runs={ATHERIS_RUNS}", "-seed=20261122", "-max_len=4096",
+         "-print_final_stats=1", str(corpus)],
+        capture_output=True, text=True, timeout=170, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"Done {ATHERIS_RUNS} runs" in r.stderr
