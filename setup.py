@@ -8,7 +8,17 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-NATIVE_MODULES = ["time_domain"]
+NATIVE_MODULES = ["time_domain", "spectral"]
+
+# -O3 plus the floating-point freedoms that let GCC vectorise sums (reassociation) and call
+# sqrt without errno checks. Deliberately NOT -ffast-math: -ffinite-math-only would let the
+# compiler assume no NaN/Inf, and NaN must propagate (the data-quality checks rely on it).
+# -fno-strict-aliasing: time_domain reads a float32 window's bits as int32 (order-preserving
+# integer compares for max/min).
+COMPILE_ARGS = [
+    "-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+    "-fno-strict-aliasing",
+]
 
 extensions = [
     Extension(
@@ -16,7 +26,7 @@ extensions = [
         [f"ext/{name}.pyx"],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O3"],
+        extra_compile_args=COMPILE_ARGS,
     )
     for name in NATIVE_MODULES
 ]

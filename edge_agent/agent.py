@@ -40,7 +40,7 @@ from edge_agent.alerts import AlertRules
 from edge_agent.baseline import BaselineModel, Prediction
 from edge_agent.bounded_queue import BoundedQueue
 from edge_agent.errors import StartupError
-from edge_agent.features import FeatureExtractor
+from edge_agent.features import FeatureExtractor, FeatureSpec
 from edge_agent.interpreter import NoInterpreterBackend, load_backend
 from edge_agent.outbox import MemoryOutbox
 from edge_agent.publisher import Publisher
@@ -90,7 +90,7 @@ class Agent:
         self.quality = QualityCounts()
         self._full_scale: dict[str, float] = {}  # channel -> the last full scale its blocks gave
         self._quality_logged: dict[str, float] = {}
-        self.extractor = FeatureExtractor()
+        self.extractor = FeatureExtractor(FeatureSpec.from_config(cfg))
         self.model = BaselineModel(cfg.model.baseline_windows, cfg.alerts.anomaly_threshold)
         self.rules = AlertRules(
             raise_after=cfg.alerts.raise_after,

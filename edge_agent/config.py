@@ -59,8 +59,9 @@ SEGMENT: Rule = (lambda v: _SEG.fullmatch(v) is not None, f"an MQTT topic segmen
 PREFIX: Rule = (lambda v: all(_SEG.fullmatch(s) for s in v.split("/")),
                 f"topic segments joined by '/', each {_SEG_TEXT}")
 NONEMPTY: Rule = (bool, "non-empty")
-_KIND = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-_TOML_KINDS = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "table",
+_KIND = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+         tuple: "an array of numbers"}
+_TOML_KINDS = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "table", tuple: "array",
                list: "array"}
 _HEADER = re.compile(r"\s*(\[\[?)\s*([A-Za-z0-9_\-\s.]+?)\s*\]")  # [table] or [[array]]
 _KEYLINE = re.compile(r"\s*([A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*)\s*=")  # key =
@@ -93,6 +94,26 @@ SCHEMA: dict[str, tuple[str, tuple[Key, ...]]] = {  # section: (doc, keys)
             lambda v: 0 <= v <= 65536, "0 (= length // 2) or from 1 to window.length")))),
     "shaft": ("The machine.", (
         Key("rpm", float, 1500.0, "Shaft speed when a source gives none, rev/min", 60, 6000),)),
+    "bearing": ("The monitored rolling-element bearing: its geometry gives the defect orders "
+                "(edge_agent/bearing.py). Default: SKF 6205 (the CWRU test rig's).", (
+        Key("n_balls", int, 9, "Rolling elements", 3, 100),
+        Key("ball_diameter", float, 0.3126, "Rolling element diameter (any length unit, the same "
+            "as pitch_diameter)", rule=(lambda v: 0 < v <= 10000, "a number > 0 and <= 10000")),
+        Key("pitch_diameter", float, 1.537, "Pitch diameter; > ball_diameter",
+            rule=(lambda v: 0 < v <= 10000, "a number > 0 and <= 10000")),
+        Key("contact_angle_deg", float, 0.0, "Contact angle, degrees", 0, 60))),
+    "features": ("The feature vector of each window (docs/FEATURES.md).", (
+        Key("band_edges_hz", tuple, (10.0, 500.0, 1000.0, 2000.0, 3500.0, 5000.0),
+            "Edges of the RMS bands, Hz (bands between consecutive edges)",
+            rule=(lambda v: len(v) >= 2 and all(0 <= a < b <= 100000 for a, b in zip(v, v[1:])),
+                  "at least 2 increasing numbers from 0 to 100000")),
+        Key("envelope_band_hz", tuple, (), "Envelope band [lo, hi], Hz; [] = chosen per window by "
+            "spectral kurtosis", rule=(lambda v: len(v) == 0 or (len(v) == 2 and 0 < v[0] < v[1] <= 100000),
+                                       "[] or [lo, hi] with 0 < lo < hi <= 100000")),
+        Key("order_tolerance", float, 0.02, "Relative speed error tolerated when locating defect "
+            "orders", 0.001, 0.2),
+        Key("noise_floor_bins", int, 20, "Envelope-spectrum bins each side of an order for its "
+            "noise floor", 2, 200))),
     "model": ("The model that scores windows.", (
         Key("pack", str, "", "Model pack file; empty = the built-in baseline scorer", is_path=True),
         Key("backend", str, "auto", "TFLite interpreter; auto = the first one installed",
@@ -189,6 +210,8 @@ DeviceConfig = _dataclass("DeviceConfig", *SCHEMA["device"])
 BrokerConfig = _dataclass("BrokerConfig", *SCHEMA["broker"])
 WindowConfig = _dataclass("WindowConfig", *SCHEMA["window"])
 ShaftConfig = _dataclass("ShaftConfig", *SCHEMA["shaft"])
+BearingConfig = _dataclass("BearingConfig", *SCHEMA["bearing"])
+FeaturesConfig = _dataclass("FeaturesConfig", *SCHEMA["features"])
 ModelConfig = _dataclass("ModelConfig", *SCHEMA["model"])
 AlertsConfig = _dataclass("AlertsConfig", *SCHEMA["alerts"])
 QualityConfig = _dataclass("QualityConfig", *SCHEMA["quality"])
@@ -213,6 +236,8 @@ class Config:
     sources: tuple[SourceConfig, ...]
     window: WindowConfig
     shaft: ShaftConfig
+    bearing: BearingConfig
+    features: FeaturesConfig
     model: ModelConfig
     alerts: AlertsConfig
     quality: QualityConfig
@@ -290,7 +315,13 @@ def _constraint(k: Key) -> str:
 def _show(v: Any, with_kind: bool = False) -> str:
     """A value as TOML writes it, e.g. 'true', '"fast"'; with its kind: 'string "fast"'."""
     kind = _TOML_KINDS.get(type(v), type(v).__name__)
-    if isinstance(v, dict | list):
+    if isinstance(v, tuple):  # an array of numbers (a checked value or a default)
+        return "[" + ", ".join(str(float(x)) for x in v) + "]"
+    if isinstance(v, list):
+        text = json.dumps(v, ensure_ascii=False, default=str)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        return f"{kind} {text}" if with_kind else text
+    if isinstance(v, dict):
         return kind
     text = json.dumps(v, ensure_ascii=False) if isinstance(v, str | bool) else str(v)
     return f"{kind} {text}" if with_kind else text
@@ -373,6 +404,8 @@ class _Checker:
     def value(self, k: Key, raw: Any, path: str) -> Any:
         """The checked value (ints widened to float, paths resolved), or _BAD."""
         value = float(raw) if k.type is float and type(raw) is int else raw
+        if k.type is tuple and type(raw) is list and all(type(x) in (int, float) for x in raw):
+            value = tuple(float(x) for x in raw)  # an array of numbers (no bools, no strings)
         problem = ""
         if type(value) is not k.type:  # exact, so a bool is not an int
             problem = f"must be {_KIND[k.type]}, got {_show(raw, True)}"
@@ -426,7 +459,10 @@ class _Checker:
 
     def relations(self, v: dict[str, dict[str, Any]]) -> None:
         """Checks between keys, and the values derived from others."""
-        b, w, d = v["broker"], v["window"], v["device"]
+        b, w, d, br = v["broker"], v["window"], v["device"], v["bearing"]
+        if {"ball_diameter", "pitch_diameter"} <= br.keys() and br["pitch_diameter"] <= br["ball_diameter"]:
+            self.add("bearing.pitch_diameter", f"must be > bearing.ball_diameter ({_show(br['ball_diameter'])}), "
+                     f"got {_show(br['pitch_diameter'])}")
         if "cert_file" in b and "key_file" in b and bool(b["cert_file"]) != bool(b["key_file"]):
             given, missing = sorted(("cert_file", "key_file"), key=lambda n: not b[n])
             self.add(f"broker.{missing}", f"required when broker.{given} is set")

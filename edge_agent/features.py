@@ -1,20 +1,69 @@
-"""Feature extraction stage: one feature vector per window, computed by the compiled ext/.
+"""Feature extraction stage: one feature vector per window, as specified in docs/FEATURES.md.
 
-This module is the typed Python face of the Cython hot loop; importing it without a built
-extension raises :class:`edge_agent.native.NativeExtensionMissing` (never a slow fallback).
+The per-sample work is compiled (ext/time_domain.pyx, ext/spectral.pyx; typed memoryviews,
+GIL released); FFTs are numpy's, batched over all windows of one shape in a round. This
+module is the typed Python face of it. Importing it without a built extension raises
+:class:`edge_agent.native.NativeExtensionMissing` (never a slow fallback).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from edge_agent import native
+from edge_agent.bearing import SKF_6205, BearingGeometry, DefectOrders
 from edge_agent.window import Window
 
 _time_domain = native.load("time_domain")
+_spectral = native.load("spectral")
 
 TIME_FEATURES: tuple[str, ...] = tuple(_time_domain.FEATURE_NAMES)
+DEFAULT_BAND_EDGES_HZ = (10.0, 500.0, 1000.0, 2000.0, 3500.0, 5000.0)
+ENVELOPE_FAMILIES = ("bpfo", "bpfi", "bsf", "ftf")
+ENVELOPE_EXTRA = ("env_bpfi_sb_lo", "env_bpfi_sb_hi", "env_bsf2_sb_lo", "env_bsf2_sb_hi", "env_shaft_1", "env_shaft_2")
+G0 = 9.80665  # m/s^2 per g
+VELOCITY_BAND_HZ = (10.0, 1000.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """What the feature vector contains and how it is computed (docs/FEATURES.md, Inputs)."""
+
+    orders: DefectOrders
+    band_edges_hz: tuple[float, ...] = DEFAULT_BAND_EDGES_HZ
+    envelope_band_hz: tuple[float, float] | None = None  # None = chosen by spectral kurtosis
+    order_tolerance: float = 0.02
+    noise_floor_bins: int = 20
+
+    @classmethod
+    def default(cls, bearing: BearingGeometry = SKF_6205) -> FeatureSpec:
+        return cls(orders=bearing.orders())
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FeatureSpec:
+        """From a Config's ``[bearing]`` and ``[features]`` sections."""
+        b, f = cfg.bearing, cfg.features
+        geometry = BearingGeometry(b.n_balls, b.ball_diameter, b.pitch_diameter, b.contact_angle_deg)
+        band = tuple(f.envelope_band_hz) if f.envelope_band_hz else None
+        return cls(geometry.orders(), tuple(f.band_edges_hz), band, f.order_tolerance, f.noise_floor_bins)
+
+    def envelope_targets(self, shaft_hz: float) -> np.ndarray:
+        """Target frequencies (Hz) of the envelope features, in vector order."""
+        o = self.orders
+        fams = [k * getattr(o, fam) for fam in ENVELOPE_FAMILIES for k in (1, 2, 3)]
+        extra = [o.bpfi - 1, o.bpfi + 1, 2 * o.bsf - o.ftf, 2 * o.bsf + o.ftf, 1.0, 2.0]
+        return np.array(fams + extra, dtype=np.float64) * shaft_hz
+
+
+def feature_names(spec: FeatureSpec) -> tuple[str, ...]:
+    """The names of the vector's entries, in order (docs/FEATURES.md, Order of the vector)."""
+    edges = spec.band_edges_hz
+    bands = tuple(f"band_rms_{lo:g}_{hi:g}" for lo, hi in zip(edges[:-1], edges[1:]))
+    env = tuple(f"env_{fam}_{k}" for fam in ENVELOPE_FAMILIES for k in (1, 2, 3))
+    return TIME_FEATURES + bands + ("spectral_centroid_hz", "velocity_rms_mm_s") + env + ENVELOPE_EXTRA
 
 
 def time_features(samples: np.ndarray) -> np.ndarray:
@@ -27,13 +76,143 @@ def time_features(samples: np.ndarray) -> np.ndarray:
     return out
 
 
-class FeatureExtractor:
-    """Feature vectors for a batch of windows, as one (n_windows, n_features) array."""
+def sk_segment_length(fs: float, n: int) -> int:
+    """Spectral-kurtosis segment length: 2^round(log2(fs/100)), clipped to [64, n/4]."""
+    return int(min(max(2 ** round(np.log2(fs / 100.0)), 64), n // 4))
 
-    names: tuple[str, ...] = TIME_FEATURES
+
+def _hann_periodic(length: int) -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
+
+
+# Windows per batched FFT call: about 64 k samples, so the work buffers (~1.2 MB per 16 k
+# samples) stay small and are reused, instead of fresh multi-MB arrays page-faulted per call.
+CHUNK_SAMPLES = 65536
+
+
+class _Workspace:
+    """Preallocated buffers for one (rows, n, fs) chunk shape, reused call after call."""
+
+    def __init__(self, rows: int, n: int, seg: int) -> None:
+        half = n // 2 + 1
+        n_segs = 1 + (n - seg) // (seg // 2)
+        self.x = np.empty((rows, n))
+        self.X = np.empty((rows, half), np.complex128)
+        self.k0 = np.empty(rows, np.intp)
+        self.nb = np.empty(rows, np.intp)
+        self.frames = np.empty((rows, n_segs, seg))
+        self.S = np.empty((rows, n_segs, seg // 2 + 1), np.complex128)
+        self.sk = np.empty((rows, seg // 2 + 1))
+        self.bands = np.empty((rows, 2))
+        self.block = np.empty((rows, 0))
+        self.n_segs = n_segs
+
+
+class FeatureExtractor:
+    """Feature vectors for a batch of windows, as one (n_windows, n_features) array.
+
+    Windows are grouped by (length, rate) and cut into chunks of about CHUNK_SAMPLES; each
+    chunk's FFTs run as one batched numpy call into reused buffers, and the per-bin loops in
+    ext/spectral.pyx. ``last_bands`` holds the envelope band (lo, hi) of each window of the
+    last call. One extractor per thread: the buffers are not shared.
+    """
+
+    def __init__(self, spec: FeatureSpec | None = None) -> None:
+        self.spec = spec or FeatureSpec.default()
+        self.names = feature_names(self.spec)
+        self._edges = np.asarray(self.spec.band_edges_hz, dtype=np.float64)
+        self._n_time = len(TIME_FEATURES)
+        self._n_spec = len(self._edges) + 1  # bands, centroid, velocity
+        self._targets = self.spec.envelope_targets(1.0)
+        self._hann: dict[int, np.ndarray] = {}
+        self._work: dict[tuple[int, int, int], _Workspace] = {}
+        self.last_bands = np.empty((0, 2))
 
     def extract(self, windows: Sequence[Window]) -> np.ndarray:
         out = np.empty((len(windows), len(self.names)), dtype=np.float64)
+        self.last_bands = np.empty((len(windows), 2))
+        groups: dict[tuple[int, float], list[int]] = {}
         for i, w in enumerate(windows):
-            _time_domain.time_features(w.samples, out[i])
+            _time_domain.time_features(w.samples, out[i, : self._n_time])
+            groups.setdefault((len(w.samples), float(w.fs)), []).append(i)
+        for (n, fs), idx in groups.items():
+            per_chunk = max(1, CHUNK_SAMPLES // n)
+            for start in range(0, len(idx), per_chunk):
+                chunk = idx[start : start + per_chunk]
+                ws = self._workspace(len(chunk), n, fs)
+                for row, i in enumerate(chunk):
+                    ws.x[row] = windows[i].samples
+                rpm = np.array([windows[i].rpm for i in chunk], dtype=np.float64)
+                self._spectral_block(ws, fs, rpm)
+                out[chunk, self._n_time :] = ws.block
+                self.last_bands[chunk] = ws.bands
         return out
+
+    def extract_one(self, x: np.ndarray, fs: float, rpm: float) -> np.ndarray:
+        """The vector of one window given as samples (tests, replay of single windows)."""
+        w = Window("x", np.ascontiguousarray(x, dtype=np.float32), fs, rpm, 0, 0, len(x) - 1)
+        return self.extract([w])[0]
+
+    def _workspace(self, rows: int, n: int, fs: float) -> _Workspace:
+        seg = sk_segment_length(fs, n)
+        key = (rows, n, seg)
+        ws = self._work.get(key)
+        if ws is None:
+            ws = self._work[key] = _Workspace(rows, n, seg)
+            ws.block = np.empty((rows, len(self.names) - self._n_time))
+            if len(self._work) > 8:  # odd shapes come and go: keep the cache small
+                self._work.pop(next(iter(self._work)))
+        return ws
+
+    def _spectral_block(self, ws: _Workspace, fs: float, rpm: np.ndarray) -> None:
+        """Spectral and envelope features of the rows of ``ws.x`` into ``ws.block``, the
+        envelope bands used into ``ws.bands`` (docs/FEATURES.md sections 2 and 3)."""
+        n = ws.x.shape[1]
+        spec = self.spec
+        np.fft.rfft(ws.x, axis=1, out=ws.X)
+        _spectral.spectrum_features(ws.X, n, fs, self._edges, ws.block, 0)
+        shaft_hz = rpm / 60.0
+        if spec.envelope_band_hz is not None:
+            ws.bands[:] = spec.envelope_band_hz
+        else:
+            self._sk_bands(ws, fs, shaft_hz)
+        targets = np.multiply.outer(shaft_hz, self._targets)
+        self._envelope(ws, fs, targets)
+
+    def _envelope(self, ws: _Workspace, fs: float, targets: np.ndarray) -> None:
+        """Envelope spectra and order amplitudes (docs/FEATURES.md section 3): the band shifted
+        to baseband and decimated to M points; rows that share M share one batched FFT."""
+        rows, n = ws.x.shape
+        spec, df, col0 = self.spec, fs / n, self._n_spec
+        _spectral.band_bins(n, fs, ws.bands, ws.k0, ws.nb)
+        k_top = np.ceil(targets.max(axis=1) * (1.0 + spec.order_tolerance) / df) + spec.noise_floor_bins + 1
+        need = 2 * np.maximum(ws.nb, k_top)
+        m_len = np.minimum(2 ** np.ceil(np.log2(np.maximum(need, 2))), n).astype(np.int64)
+        ws.block[ws.nb == 0, col0:] = 0.0
+        for m in sorted(set(m_len[ws.nb > 0].tolist())):
+            sel = np.flatnonzero((m_len == m) & (ws.nb > 0))
+            Z = np.empty((len(sel), m), np.complex128)
+            _spectral.baseband(ws.X, sel, ws.k0, ws.nb, Z)
+            env = np.abs(np.fft.ifft(Z, axis=1, out=Z))
+            env *= m / n
+            env -= env.mean(axis=1, keepdims=True)
+            E = np.abs(np.fft.rfft(env, axis=1))
+            E *= 2.0 / m
+            block = np.empty((len(sel), ws.block.shape[1]))
+            _spectral.order_snr(E, df, np.ascontiguousarray(targets[sel]), spec.order_tolerance, spec.noise_floor_bins, block, col0)
+            ws.block[sel, col0:] = block[:, col0:]
+
+    def _sk_bands(self, ws: _Workspace, fs: float, shaft_hz: np.ndarray) -> None:
+        """The envelope band of each row by spectral kurtosis (docs/FEATURES.md section 3)."""
+        rows, n = ws.x.shape
+        seg = ws.frames.shape[2]
+        hann = self._hann.get(seg)
+        if hann is None:
+            hann = self._hann[seg] = _hann_periodic(seg)
+        s_row, s_col = ws.x.strides  # segments m L/2 .. m L/2 + L of every row, as a view
+        view = np.lib.stride_tricks.as_strided(ws.x, (rows, ws.n_segs, seg), (s_row, s_col * (seg // 2), s_col), writeable=False)
+        np.multiply(view, hann, out=ws.frames)
+        np.fft.rfft(ws.frames, axis=2, out=ws.S)
+        _spectral.spectral_kurtosis(ws.S, ws.sk)
+        bandwidth = np.minimum(np.maximum(6.0 * self.spec.orders.bpfi * shaft_hz, fs / 16.0), fs / 4.0)
+        _spectral.choose_bands(ws.sk, fs, seg, bandwidth, ws.bands)

@@ -329,3 +329,30 @@ def test_file_names_keep_their_spelling_in_problems(tmp_path: Path) -> None:
         load_config(os.fspath(path))
     assert err.value.problems == [
         f"{path}:2: queues.samples: must be an integer from 8 to 100000, got 4"]
+
+
+# --- arrays of numbers and the bearing --------------------------------------------------------
+
+def test_feature_arrays_and_bearing_geometry() -> None:
+    config = parse_config('[features]\nband_edges_hz = [10, 2000.5, 6000]\nenvelope_band_hz = [2000, 4000]\n'
+                          '[bearing]\nn_balls = 8\nball_diameter = 7.9\npitch_diameter = 34.5\n')
+    assert config.features.band_edges_hz == (10.0, 2000.5, 6000.0)
+    assert config.features.envelope_band_hz == (2000.0, 4000.0)
+    assert (config.bearing.n_balls, config.bearing.pitch_diameter) == (8, 34.5)
+    assert default_config().features.envelope_band_hz == ()
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("[features]\nband_edges_hz = [10, 5]\n",
+     "<config>:2: features.band_edges_hz: must be at least 2 increasing numbers from 0 to 100000, got [10, 5]"),
+    ("[features]\nband_edges_hz = [10, true]\n", "<config>:2: features.band_edges_hz: must be an array of numbers, got array [10, true]"),
+    ("[features]\nenvelope_band_hz = [3000]\n",
+     "<config>:2: features.envelope_band_hz: must be [] or [lo, hi] with 0 < lo < hi <= 100000, got [3000]"),
+    ("[features]\nenvelope_band_hz = 3000\n", "<config>:2: features.envelope_band_hz: must be an array of numbers, got integer 3000"),
+    ("[bearing]\nball_diameter = 2.0\npitch_diameter = 1.0\n",
+     "<config>:3: bearing.pitch_diameter: must be > bearing.ball_diameter (2.0), got 1.0"),
+])
+def test_bad_arrays_and_geometry_are_one_line_each(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text)
+    assert e.value.problems == [problem]
