@@ -76,9 +76,10 @@ def time_features(samples: np.ndarray) -> np.ndarray:
     return out
 
 
-def sk_segment_length(fs: float, n: int) -> int:
-    """Spectral-kurtosis segment length: 2^round(log2(fs/100)), clipped to [64, n/4]."""
-    return int(min(max(2 ** round(np.log2(fs / 100.0)), 64), n // 4))
+def sk_segment_length(fs: float, n: int, bpfi_hz: float) -> int:
+    """Spectral-kurtosis segment length: 2^floor(log2(fs / (2 BPFI f_r))), clipped to [16, n/4]:
+    at most half the shortest defect period (docs/FEATURES.md section 3)."""
+    return int(min(max(2 ** int(np.floor(np.log2(fs / (2.0 * bpfi_hz)))), 16), n // 4))
 
 
 def _hann_periodic(length: int) -> np.ndarray:
@@ -93,19 +94,14 @@ CHUNK_SAMPLES = 65536
 class _Workspace:
     """Preallocated buffers for one (rows, n, fs) chunk shape, reused call after call."""
 
-    def __init__(self, rows: int, n: int, seg: int) -> None:
+    def __init__(self, rows: int, n: int) -> None:
         half = n // 2 + 1
-        n_segs = 1 + (n - seg) // (seg // 2)
         self.x = np.empty((rows, n))
         self.X = np.empty((rows, half), np.complex128)
         self.k0 = np.empty(rows, np.intp)
         self.nb = np.empty(rows, np.intp)
-        self.frames = np.empty((rows, n_segs, seg))
-        self.S = np.empty((rows, n_segs, seg // 2 + 1), np.complex128)
-        self.sk = np.empty((rows, seg // 2 + 1))
         self.bands = np.empty((rows, 2))
         self.block = np.empty((rows, 0))
-        self.n_segs = n_segs
 
 
 class FeatureExtractor:
@@ -125,7 +121,8 @@ class FeatureExtractor:
         self._n_spec = len(self._edges) + 1  # bands, centroid, velocity
         self._targets = self.spec.envelope_targets(1.0)
         self._hann: dict[int, np.ndarray] = {}
-        self._work: dict[tuple[int, int, int], _Workspace] = {}
+        self._work: dict[tuple[int, int], _Workspace] = {}
+        self._stft: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.last_bands = np.empty((0, 2))
 
     def extract(self, windows: Sequence[Window]) -> np.ndarray:
@@ -154,11 +151,10 @@ class FeatureExtractor:
         return self.extract([w])[0]
 
     def _workspace(self, rows: int, n: int, fs: float) -> _Workspace:
-        seg = sk_segment_length(fs, n)
-        key = (rows, n, seg)
+        key = (rows, n)
         ws = self._work.get(key)
         if ws is None:
-            ws = self._work[key] = _Workspace(rows, n, seg)
+            ws = self._work[key] = _Workspace(rows, n)
             ws.block = np.empty((rows, len(self.names) - self._n_time))
             if len(self._work) > 8:  # odd shapes come and go: keep the cache small
                 self._work.pop(next(iter(self._work)))
@@ -203,16 +199,39 @@ class FeatureExtractor:
             ws.block[sel, col0:] = block[:, col0:]
 
     def _sk_bands(self, ws: _Workspace, fs: float, shaft_hz: np.ndarray) -> None:
-        """The envelope band of each row by spectral kurtosis (docs/FEATURES.md section 3)."""
+        """The envelope band of each row by spectral kurtosis (docs/FEATURES.md section 3).
+        The segment length follows each row's speed; rows that share it share one STFT."""
         rows, n = ws.x.shape
-        seg = ws.frames.shape[2]
+        bpfi_hz = self.spec.orders.bpfi * shaft_hz
+        seg_lens = np.array([sk_segment_length(fs, n, f) for f in bpfi_hz])
+        bandwidth = np.minimum(np.maximum(6.0 * bpfi_hz, fs / 16.0), fs / 4.0)
+        for seg in sorted(set(seg_lens.tolist())):
+            sel = np.flatnonzero(seg_lens == seg)
+            x = ws.x if len(sel) == rows else ws.x[sel]
+            n_segs = n // seg
+            frames, S, sk = self._stft_buffers(len(sel), n_segs, seg)
+            view = x.reshape(len(sel), n_segs, seg)  # segments m L .. m L + L of every row
+            np.multiply(view, self._hann_window(seg), out=frames)
+            np.fft.rfft(frames, axis=2, out=S)
+            _spectral.spectral_kurtosis(S, sk)
+            bands = np.empty((len(sel), 2))
+            _spectral.choose_bands(sk, fs, seg, np.ascontiguousarray(bandwidth[sel]), bands)
+            ws.bands[sel] = bands
+
+    def _hann_window(self, seg: int) -> np.ndarray:
         hann = self._hann.get(seg)
         if hann is None:
             hann = self._hann[seg] = _hann_periodic(seg)
-        s_row, s_col = ws.x.strides  # segments m L/2 .. m L/2 + L of every row, as a view
-        view = np.lib.stride_tricks.as_strided(ws.x, (rows, ws.n_segs, seg), (s_row, s_col * (seg // 2), s_col), writeable=False)
-        np.multiply(view, hann, out=ws.frames)
-        np.fft.rfft(ws.frames, axis=2, out=ws.S)
-        _spectral.spectral_kurtosis(ws.S, ws.sk)
-        bandwidth = np.minimum(np.maximum(6.0 * self.spec.orders.bpfi * shaft_hz, fs / 16.0), fs / 4.0)
-        _spectral.choose_bands(ws.sk, fs, seg, bandwidth, ws.bands)
+        return hann
+
+    def _stft_buffers(self, rows: int, n_segs: int, seg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = (rows, n_segs, seg)
+        bufs = self._stft.get(key)
+        if bufs is None:
+            bufs = self._stft[key] = (
+                np.empty((rows, n_segs, seg)), np.empty((rows, n_segs, seg // 2 + 1), np.complex128),
+                np.empty((rows, seg // 2 + 1)),
+            )
+            if len(self._stft) > 8:
+                self._stft.pop(next(iter(self._stft)))
+        return bufs

@@ -9,7 +9,7 @@ released, so windows of different channels run on different threads at once.
 
 All functions take 2-D arrays with one row per window and write into ``out`` rows.
 """
-from libc.math cimport sqrt, floor, ceil, fabs, M_PI
+from libc.math cimport sqrt, floor, ceil, fabs, rint, M_PI
 from libc.stdlib cimport malloc, free
 
 cimport cython
@@ -195,7 +195,7 @@ def order_snr(const double[:, ::1] E, double df, const double[:, ::1] targets, d
                     f = targets[r, t]
                     k_lo = <Py_ssize_t> floor(f * (1.0 - tol) / df)
                     k_hi = <Py_ssize_t> ceil(f * (1.0 + tol) / df)
-                    k_c = <Py_ssize_t> floor(f / df + 0.5)
+                    k_c = <Py_ssize_t> rint(f / df)  # half to even, like Python's round
                     if k_c - 1 < k_lo:
                         k_lo = k_c - 1
                     if k_c + 1 > k_hi:
