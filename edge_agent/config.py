@@ -162,18 +162,26 @@ SOURCE_COMMON = (
     Key("type", str, REQUIRED, "Kind of source", choices=("serial", "mqtt", "emulator", "replay")),
     Key("name", str, "", "Unique source name; empty = type + index, e.g. serial0",
         rule=(lambda v: v == "" or SEGMENT[0](v), f"empty or {SEGMENT[1]}")))
+# A tachometer's pulse train as one channel of the sensor frames: the shaft speed (tacho.py).
+TACHO_KEYS = (
+    Key("tacho_channel", int, -1, "Channel of the sample frames that carries a tachometer's pulses "
+        "(shaft speed from them; not analysed as vibration); -1 = none", -1, 255),
+    Key("pulses_per_rev", int, 1, "Tachometer pulses per shaft revolution", 1, 1000),
+)
 SOURCE_TYPES: dict[str, tuple[Key, ...]] = {
     "serial": (
         Key("port", str, REQUIRED, "Serial device of the sensor MCU", rule=NONEMPTY,
             example="/dev/ttyACM0"),
         Key("baud", int, 921600, "Baud rate, bit/s", 1200, 12_000_000),
-        Key("read_timeout_s", float, 0.1, "Read timeout, seconds", 0.001, 10)),
+        Key("read_timeout_s", float, 0.1, "Read timeout, seconds", 0.001, 10),
+        *TACHO_KEYS),
     "mqtt": (
         Key("broker_host", str, "127.0.0.1", "Sensor broker host name or IP address", rule=NONEMPTY),
         Key("broker_port", int, 1883, "Sensor broker TCP port", 1, 65535),
         Key("topic", str, REQUIRED, "Topic of the sample blocks; + and # allowed", rule=NONEMPTY,
             example="sensors/wtg-01/vibration"),
         Key("qos", int, 1, "Subscription QoS", 0, 1),
+        *TACHO_KEYS,
         Key("fs", float, 0.0, "Sample rate the sensors should send, Hz; 0 = any (others are "
             "counted as rate_mismatches)",
             rule=(lambda v: v == 0 or 1000 <= v <= 200000, "0 or from 1000 to 200000"))),

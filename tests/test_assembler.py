@@ -74,3 +74,18 @@ def test_mcu_restart_is_a_restart_not_a_flood_of_duplicates():
         w.push(b)
     assert w.gaps["ser.s1.ch0"] == 1  # nothing joined across the reboot
     assert w.windows["ser.s1.ch0"] == 4
+
+
+def test_tacho_channel_gives_the_speed_and_is_not_vibration():
+    fs, n, rpm = 25600.0, 256, 1500.0
+    a = FrameAssembler("ser", tacho_channel=1, pulses_per_rev=2)
+    t = np.arange(40 * n) / fs
+    key = (((t * rpm / 60 * 2) % 1.0) < 0.25) * 20000  # 2 pulses a turn, int16 counts
+    vib = np.random.default_rng(0).normal(0, 1000, len(t))
+    x = np.stack([vib, key], axis=1).astype(np.int16)
+    blocks = []
+    for s in range(40):
+        blocks += a.blocks(samples_frame(x[s * n : (s + 1) * n], sensor_id=2, seq=s, timestamp_us=round(s * n * 1e6 / fs),
+                                         sample_rate=fs, scale=0.001))
+    assert {b.channel for b in blocks} == {"ser.s2.ch0"}  # the tachometer channel is not analysed
+    assert blocks[-1].rpm == pytest.approx(rpm, rel=2e-3) and a.rpm == blocks[-1].rpm

@@ -44,7 +44,7 @@ def without_origin(config: Config) -> Config:
 def test_deploy_example_loads_as_is() -> None:
     config = load_config(DEPLOY)
     assert config.sources == (SourceConfig(type="serial", name="serial0", port="/dev/ttyACM0",
-                                           baud=921600, read_timeout_s=0.1),)
+                                           baud=921600, read_timeout_s=0.1, tacho_channel=-1, pulses_per_rev=1),)
     defaults = default_config()
     for section in SCHEMA:
         assert getattr(config, section) == getattr(defaults, section), section
@@ -78,7 +78,8 @@ def test_dataclass_fields_follow_the_schema() -> None:
         cls = Config.__annotations__[section]
         assert [f.name for f in dataclasses.fields(cls)] == [k.name for k in keys]
     assert [f.name for f in dataclasses.fields(SourceConfig)] == [
-        "type", "name", "port", "baud", "read_timeout_s", "broker_host", "broker_port", "topic", "qos", "fs", "scenario",
+        "type", "name", "port", "baud", "read_timeout_s", "tacho_channel", "pulses_per_rev", "broker_host",
+        "broker_port", "topic", "qos", "fs", "scenario",
         "channels", "rpm", "seed", "speedup", "path", "loop"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         default_config().broker.port = 1  # type: ignore[misc]

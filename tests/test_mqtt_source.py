@@ -292,6 +292,7 @@ def test_agent_windows_samples_from_the_mqtt_source(tmp_path, mosquitto) -> None
 # -- the JSON form, and the decoder's checks, without a broker --------------------------------
 class _Cfg:
     name, broker_host, broker_port, topic, qos, fs = "unit", "127.0.0.1", 1, "t", 1, 0.0
+    tacho_channel, pulses_per_rev = -1, 1
 
 
 def test_json_form_is_channel_major_and_becomes_a_float32_frame() -> None:

@@ -8,9 +8,11 @@ restart, and the stream starts afresh there with a gap before it. The
 sample sequence handed to the windower advances by the samples actually received, plus the
 estimated samples missing across a gap, so the windower never joins samples across it.
 Timestamps are checked against the previous frame's end (a jump of more than a few sample
-periods without a seq gap is counted: a clock problem on the MCU). Speed frames set the
-shaft speed attached to the vibration blocks that follow; temperature frames are kept as
-the latest reading per sensor.
+periods without a seq gap is counted: a clock problem on the MCU). The shaft speed attached
+to the vibration blocks comes from SPEED frames (rpm measured by the MCU) or, with
+``tacho_channel`` set, from that channel of the sample frames: a tachometer's pulse train
+(tacho.py), which is then not passed on as vibration. Temperature frames are kept as the
+latest reading per sensor.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent.protocol.frame import Frame, MsgType
+from edge_agent.tacho import TachoSpeed
 from edge_agent.window import SampleBlock
 
 SEQ_MOD = 1 << 32
@@ -37,9 +40,15 @@ class _Stream:
 
 
 class FrameAssembler:
-    def __init__(self, source_name: str, expected_fs: float | None = None) -> None:
+    def __init__(
+        self, source_name: str, expected_fs: float | None = None, tacho_channel: int | None = None,
+        pulses_per_rev: int = 1,
+    ) -> None:
         self.source_name = source_name
         self.expected_fs = expected_fs or None
+        self.tacho_channel = tacho_channel if tacho_channel is not None and tacho_channel >= 0 else None
+        self.pulses_per_rev = pulses_per_rev
+        self._tachos: dict[int, TachoSpeed] = {}  # per sensor
         self._streams: dict[tuple[int, int], _Stream] = {}
         self.rpm: float | None = None
         self.temperature_c: dict[int, float] = {}
@@ -78,12 +87,21 @@ class FrameAssembler:
             self.temperature_c[frame.sensor_id] = float(x[-1, 0])
             return []
         first = stream.next_sample - frame.n_samples
+        channels = range(frame.n_channels)
+        if self.tacho_channel is not None and self.tacho_channel < frame.n_channels:
+            tacho = self._tachos.get(frame.sensor_id)
+            if tacho is None:
+                tacho = self._tachos[frame.sensor_id] = TachoSpeed(self.pulses_per_rev)
+            rpm = tacho.feed(x[:, self.tacho_channel], frame.sample_rate)
+            if rpm is not None:
+                self.rpm = rpm
+            channels = [c for c in channels if c != self.tacho_channel]
         return [
             SampleBlock(
                 channel=self.channel_name(frame.sensor_id, c), samples=np.ascontiguousarray(x[:, c]),
                 fs=frame.sample_rate, t0_us=frame.timestamp_us, seq=first, rpm=self.rpm, full_scale=frame.full_scale,
             )
-            for c in range(frame.n_channels)
+            for c in channels
         ]
 
     def _continuity(self, frame: Frame) -> _Stream | None:

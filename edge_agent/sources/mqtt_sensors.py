@@ -150,7 +150,9 @@ class MqttSensorSource:
         self.topic = cfg.topic
         self.qos = cfg.qos
         self.client_id = f"edge-agent-{socket.gethostname()}-{self.name}"
-        self.assembler = FrameAssembler(self.name, expected_fs=cfg.fs or None)
+        self.assembler = FrameAssembler(
+            self.name, expected_fs=cfg.fs or None, tacho_channel=cfg.tacho_channel, pulses_per_rev=cfg.pulses_per_rev
+        )
         self._lock = threading.Lock()  # counters and assembler: paho's thread vs counters()
         self._counts: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()

@@ -74,7 +74,7 @@ class SerialSource:
         self.read_timeout_s: float = cfg.read_timeout_s
         self.on_frame = on_frame
         self.decoder = StreamDecoder()
-        self.assembler = FrameAssembler(cfg.name)
+        self.assembler = FrameAssembler(cfg.name, tacho_channel=cfg.tacho_channel, pulses_per_rev=cfg.pulses_per_rev)
         self.opens = 0
         self.open_failures = 0
         self.disconnects = 0
