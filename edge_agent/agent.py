@@ -73,7 +73,10 @@ class Agent:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         if cfg.model.pack:
-            raise StartupError(f"model.pack = {cfg.model.pack}: model packs land with issue #5; leave it empty for the built-in baseline scorer")
+            raise StartupError(
+                f"model.pack = {cfg.model.pack}: the agent does not run model packs yet (the rest of issue #5); "
+                "leave it empty for the built-in baseline scorer"
+            )
         self.storage_dir = _prepare_storage(Path(cfg.storage.dir))
         self.topics = Topics(cfg.broker.topic_prefix, cfg.device.site, cfg.device.id)
         try:

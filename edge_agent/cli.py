@@ -19,7 +19,7 @@ EXIT_USAGE = 2
 
 NOT_YET = {
     "replay": "#5 (model packs, the int8 runtime and replay)",
-    "model": "#5 (model packs) and #8 (signed updates)",
+    "model verify": "#8 (signed packs and model updates)",
     "alerts": "#7 (store-and-forward, alert engine and the local alert log)",
     "fleet": "#8 (model updates over MQTT and the fleet CLI)",
 }
@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="inspect and verify model packs")
     model_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
     model_sub.required = True
-    info = model_sub.add_parser("info", help="show a pack's manifest")
+    info = model_sub.add_parser("info", help="show a pack: name, version, labels, features, tensors, members; checks its hashes")
     info.add_argument("pack", metavar="PACK")
+    info.add_argument("--json", action="store_true", help="the whole manifest as JSON")
     verify = model_sub.add_parser("verify", help="exit 0 only for an intact pack signed by a trusted key")
     verify.add_argument("pack", metavar="PACK")
     verify.add_argument("--trusted-key", metavar="FILE", action="append")
@@ -167,11 +168,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command in NOT_YET:
-        sub = getattr(args, f"{args.command}_command", None)
-        what = f"{args.command} {sub}" if sub else args.command
-        print(f"edge-agent {what}: not available yet; it lands with issue {NOT_YET[args.command]}", file=sys.stderr)
+    sub = getattr(args, f"{args.command}_command", None)
+    what = f"{args.command} {sub}" if sub else args.command
+    issue = NOT_YET.get(what) or NOT_YET.get(args.command)
+    if issue:
+        print(f"edge-agent {what}: not available yet; it lands with issue {issue}", file=sys.stderr)
         return EXIT_USAGE
+    if what == "model info":
+        return cmd_model_info(args.pack, args.json)
     if args.command == "config":
         return cmd_config_check(args.file)
     if args.command == "status":
@@ -213,6 +217,36 @@ def cmd_config_check(path: str) -> int:
     if cfg is None:
         return EXIT_USAGE
     print(f"{path}: ok ({len(cfg.sources)} source(s), device {cfg.device.site}/{cfg.device.id}, broker {cfg.broker.host}:{cfg.broker.port})")
+    return EXIT_OK
+
+
+def cmd_model_info(path: str, as_json: bool) -> int:
+    """Describe a pack after checking it (hashes, schema); one line and exit 2 when unusable."""
+    from edge_agent.pack import PackError, read_pack
+
+    try:
+        pack = read_pack(path)
+    except PackError as exc:
+        print(f"edge-agent model info: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    m = pack.manifest
+    if as_json:
+        print(json.dumps({"manifest": m, "signed": pack.signature is not None}, indent=1, sort_keys=True))
+        return EXIT_OK
+    feats = m["features"]
+    print(f"pack:       {pack.path}")
+    print(f"model:      {m['name']} {m['version']} (created {m['created']})")
+    print(f"labels:     {', '.join(m['labels'])}")
+    print(f"features:   {len(feats['names'])}: {', '.join(feats['names'])}")
+    if "window_length" in feats:
+        print(f"window:     {feats['window_length']} samples, hop {feats.get('hop')}, rates {feats.get('fs_range')} Hz")
+    for role, t in m["tensors"].items():
+        quant = f", scale {t.get('scale'):.6g}, zero point {t.get('zero_point')}" if "scale" in t else ""
+        print(f"tensor:     {role} {t.get('name')} {t.get('dtype')} {t.get('shape')}{quant}")
+    print(f"thresholds: {json.dumps(m['thresholds'], sort_keys=True)}")
+    for name, digest in sorted(m["members"].items()):
+        print(f"member:     {name} sha256 {digest} ({len(pack.members[name])} bytes)")
+    print(f"signature:  {'present (verify: edge-agent model verify)' if pack.signature else 'none (unsigned)'}")
     return EXIT_OK
 
 
