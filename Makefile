@@ -15,7 +15,8 @@ help:
 	@echo "make demo     - install, then run the agent on the built-in sensor emulator (Ctrl-C stops)"
 	@echo "make test     - install (+ mosquitto), then the whole test suite"
 	@echo "make bench    - install, then the benchmarks in benches/ (pytest-benchmark)"
-	@echo "make clean    - remove .venv and build output"
+	@echo "make model    - rebuild models/default.pack and models/REPORT.md (TensorFlow in .venv-build)"
+	@echo "make clean    - remove .venv, .venv-build and build output"
 
 install: $(STAMP) ext
 
@@ -48,8 +49,23 @@ test: install mosquitto
 bench: install mosquitto
 	$(BIN)/python -m pytest benches -o python_files="bench_*.py" --benchmark-only --benchmark-columns=min,median,ops,rounds --benchmark-sort=name
 
-model: install
-	@echo "make model lands with issue #5 (model packs and the build pipeline)"; exit 2
+# Train, quantise and check models/default.pack (issue #5). TensorFlow lives only in a
+# separate build venv (.venv-build, extra `build`), never in .venv; the pack is then loaded
+# and self-tested by the agent's own runtime in .venv (models/check_pack.py).
+BUILD_VENV := .venv-build
+BUILD_STAMP := $(BUILD_VENV)/.installed-stamp
+
+$(BUILD_STAMP): pyproject.toml setup.py
+	@echo "==> creating $(BUILD_VENV) with $(PY) (TensorFlow: build time only)"
+	@test -x $(BUILD_VENV)/bin/python || $(PY) -m venv $(BUILD_VENV)
+	@$(BUILD_VENV)/bin/python -m pip install -q --upgrade pip
+	@echo "==> installing edge-agent (editable) with the build extra into $(BUILD_VENV)"
+	@$(BUILD_VENV)/bin/python -m pip install -q -e ".[build]"
+	@touch $(BUILD_STAMP)
+
+model: install $(BUILD_STAMP)
+	@echo "==> building models/default.pack and models/REPORT.md (seeded; data: emulator + ../shared/data/cwru if present)"
+	$(BUILD_VENV)/bin/python models/build.py --runtime-python $(BIN)/python
 
 clean:
-	rm -rf $(VENV) build *.egg-info edge_agent/_native/*.so ext/*.c .pytest_cache .benchmarks
+	rm -rf $(VENV) .venv-build build *.egg-info edge_agent/_native/*.so ext/*.c .pytest_cache .benchmarks

@@ -43,6 +43,8 @@ from edge_agent.errors import StartupError
 from edge_agent.features import FeatureExtractor, FeatureSpec
 from edge_agent.interpreter import NoInterpreterBackend, load_backend
 from edge_agent.outbox import MemoryOutbox
+from edge_agent.pack import PackError
+from edge_agent.pack_scorer import PackAlertRules, PackScorer
 from edge_agent.publisher import Publisher
 from edge_agent.quality import PersistentProblems, QualityCounts, QualityLimits, check_windows
 from edge_agent.sources import make_source
@@ -72,11 +74,6 @@ class WindowResult:
 class Agent:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        if cfg.model.pack:
-            raise StartupError(
-                f"model.pack = {cfg.model.pack}: the agent does not run model packs yet (the rest of issue #5); "
-                "leave it empty for the built-in baseline scorer"
-            )
         self.storage_dir = _prepare_storage(Path(cfg.storage.dir))
         self.topics = Topics(cfg.broker.topic_prefix, cfg.device.site, cfg.device.id)
         try:
@@ -87,21 +84,35 @@ class Agent:
         self.samples: BoundedQueue[SampleBlock] = BoundedQueue("samples", cfg.queues.samples)
         self.outbox = MemoryOutbox(int(cfg.storage.outbox_max_mb * 1024 * 1024))
         self.sources = [make_source(s) for s in cfg.sources]
-        self.windower = Windower(cfg.window.length, cfg.window.hop, cfg.shaft.rpm)
+        scorer = None
+        if cfg.model.pack:
+            try:
+                scorer = PackScorer(cfg.model.pack, cfg)
+            except PackError as exc:
+                raise StartupError(f"model.pack: {exc}") from None
+        if scorer is not None:
+            self.windower = Windower(scorer.window_length, scorer.hop, cfg.shaft.rpm)
+        else:
+            self.windower = Windower(cfg.window.length, cfg.window.hop, cfg.shaft.rpm)
         self.quality_action = cfg.quality.action
         self.quality_limits = QualityLimits.from_config(cfg.quality)
         self.quality = QualityCounts()
         self._full_scale: dict[str, float] = {}  # channel -> the last full scale its blocks gave
         self._quality_logged: dict[str, float] = {}
-        self.extractor = FeatureExtractor(FeatureSpec.from_config(cfg))
-        self.model = BaselineModel(cfg.model.baseline_windows, cfg.alerts.anomaly_threshold)
-        self.rules = AlertRules(
-            raise_after=cfg.alerts.raise_after,
-            raise_window=cfg.alerts.raise_window,
-            clear_after=cfg.alerts.clear_after,
-            threshold=cfg.alerts.anomaly_threshold,
-            model_version=self.model.version,
-        )
+        self.model: BaselineModel | PackScorer
+        self.rules: AlertRules | PackAlertRules
+        if scorer is not None:
+            self._use_pack(scorer)
+        else:
+            self.extractor = FeatureExtractor(FeatureSpec.from_config(cfg))
+            self.model = BaselineModel(cfg.model.baseline_windows, cfg.alerts.anomaly_threshold)
+            self.rules = AlertRules(
+                raise_after=cfg.alerts.raise_after,
+                raise_window=cfg.alerts.raise_window,
+                clear_after=cfg.alerts.clear_after,
+                threshold=cfg.alerts.anomaly_threshold,
+                model_version=self.model.version,
+            )
         self.quality_problems = PersistentProblems(
             cfg.quality.alert_after, cfg.quality.clear_after, self.model.version, cfg.quality.action
         )
@@ -126,6 +137,30 @@ class Agent:
         self.sources_done = threading.Event()  # every source's run() has returned (replay ends)
         if not self.sources:
             self.sources_done.set()
+
+    # -- the model ------------------------------------------------------------------------------
+    def _use_pack(self, scorer: PackScorer) -> None:
+        self.extractor = scorer.extractor
+        self.model = scorer
+        self.rules = scorer.rules(self.cfg)
+
+    def load_pack(self, path: str) -> str | None:
+        """Switch to the model pack at ``path``; return None when done, else the reason it
+        was refused (logged), in which case the current model keeps running. Call it from
+        the processing thread (or while the agent is not running): the stage is swapped
+        between batches. Open alerts of the old model are dropped with its rules; a pack with
+        another window length or hop gets a fresh windower (the partial windows are lost)."""
+        try:
+            scorer = PackScorer(path, self.cfg)
+        except PackError as exc:
+            log.error("model pack refused, keeping %s: %s", self.model.version, exc)
+            return str(exc)
+        if (scorer.window_length, scorer.hop) != (self.windower.length, self.windower.hop):
+            self.windower = Windower(scorer.window_length, scorer.hop, self.cfg.shaft.rpm)
+        self._use_pack(scorer)
+        self.quality_problems.model_version = scorer.version
+        log.info("model pack %s loaded: %s on %s", path, scorer.version, scorer.backend)
+        return None
 
     # -- life cycle -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

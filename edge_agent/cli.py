@@ -18,7 +18,6 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 
 NOT_YET = {
-    "replay": "#5 (model packs, the int8 runtime and replay)",
     "model verify": "#8 (signed packs and model updates)",
     "alerts": "#7 (store-and-forward, alert engine and the local alert log)",
     "fleet": "#8 (model updates over MQTT and the fleet CLI)",
@@ -191,6 +190,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             seconds=args.seconds, scenario=args.scenario, channels=args.channels,
             speedup=args.speedup, broker=not args.no_broker,
         )
+    if args.command == "replay":
+        from edge_agent.replay_cmd import run_replay
+
+        return run_replay(args.file, fs=args.fs, rpm=args.rpm, model=args.model, jsonl=args.jsonl)
     if args.command == "emulate":
         from edge_agent.emulator.mcu import EmulateOptions, run_emulate
 

@@ -118,6 +118,7 @@ SCHEMA: dict[str, tuple[str, tuple[Key, ...]]] = {  # section: (doc, keys)
         Key("pack", str, "", "Model pack file; empty = the built-in baseline scorer", is_path=True),
         Key("backend", str, "auto", "TFLite interpreter; auto = the first one installed",
             choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow")),
+        Key("num_threads", int, 1, "Interpreter threads for a pack's model", 1, 8),
         Key("baseline_windows", int, 20, "Windows used to learn the healthy baseline", 4, 100000))),
     "alerts": ("When anomalous windows raise an alert, and when it clears.", (
         Key("anomaly_threshold", float, 6.0, "Score above which a window is anomalous",

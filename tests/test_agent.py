@@ -5,6 +5,7 @@ import json
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -236,3 +237,68 @@ def test_agent_run_reports_data_quality_in_status_and_summaries(tmp_path, scenar
     assert 0 < sum(last["windows_flagged"].values()) <= sum(dq["windows_flagged"].values())
     assert {(a["type"], a["label"]) for a in alerts} == {("data_quality", scenario)}
     assert snap["counters"]["alerts_raised_by_type"] == {"data_quality": 2}
+
+
+# -- with a model pack ([model] pack) -------------------------------------------------------
+TINY_PACK = str(Path(__file__).parent / "data" / "tiny.pack")
+
+
+def pack_agent(tmp_path, scenario="inner_race"):
+    cfg = _config(tmp_path, scenario=scenario)
+    return Agent(replace(cfg, model=replace(cfg.model, pack=TINY_PACK)))
+
+
+def test_agent_with_a_pack_runs_end_to_end_and_publishes_sound_messages(tmp_path):
+    agent = pack_agent(tmp_path)
+    assert agent.model.version == "tiny-test 0.1.0"
+    assert (agent.windower.length, agent.windower.hop) == (4096, 2048)  # the pack's window
+    _run_for(agent, 3.0)
+    assert agent.processing_errors == 0 and agent.windows_scored > 0
+    assert set(agent.labels) <= {"normal", "inner_race", "outer_race", "ball"}
+    status = read_status(agent.storage_dir)
+    assert status["model"] == "tiny-test 0.1.0" and status["state"] == "stopped"
+    for kind in ("alert", "summary"):
+        for msg in committed(agent, kind):
+            assert msg["schema"] == 1 and json.loads(json.dumps(msg)) == msg
+    for alert in committed(agent, "alert"):
+        assert alert["model_version"] == "tiny-test 0.1.0" and alert["explanation"]
+        if alert["type"] != "data_quality":
+            assert alert["type"] in {"inner_race", "outer_race", "ball", "anomaly"}
+            assert "rpm" in alert["explanation"] and "tiny-test 0.1.0" in alert["explanation"]
+    summaries = committed(agent, "summary")
+    assert summaries and all(s["model_version"] == "tiny-test 0.1.0" for s in summaries)
+
+
+def test_agent_with_a_pack_scores_fed_windows_with_pack_labels(tmp_path):
+    agent = pack_agent(tmp_path)
+    results = feed(agent, emulator_blocks("inner_race", 20.0, channels=1))
+    preds = [r.prediction for r in results if r.prediction is not None]
+    assert preds and all(p.label in agent.model.labels and set(p.scores) == set(agent.model.labels) for p in preds)
+    alerts = [m for r in results for m in r.alerts if m["type"] != "data_quality"]
+    for a in alerts:
+        assert a["model_version"] == "tiny-test 0.1.0" and a["type"] in {"inner_race", "outer_race", "ball", "anomaly"}
+
+
+def test_a_bad_pack_stops_start_up_with_one_line(tmp_path):
+    from edge_agent.errors import StartupError
+
+    bad = tmp_path / "bad.pack"
+    bad.write_bytes(b"garbage")
+    cfg = _config(tmp_path)
+    with pytest.raises(StartupError) as exc:
+        Agent(replace(cfg, model=replace(cfg.model, pack=str(bad))))
+    assert "bad.pack" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_refused_pack_keeps_the_current_model(tmp_path):
+    agent = pack_agent(tmp_path)
+    bad = tmp_path / "bad.pack"
+    bad.write_bytes(b"garbage")
+    reason = agent.load_pack(str(bad))
+    assert reason and "bad.pack" in reason
+    assert agent.model.version == "tiny-test 0.1.0"
+    baseline = Agent(_config(tmp_path / "b"))
+    assert baseline.load_pack(str(bad)) is not None and baseline.model.version == "baseline-0.1"
+    assert baseline.load_pack(TINY_PACK) is None and baseline.model.version == "tiny-test 0.1.0"
+    assert baseline.windower.length == 4096 and baseline.windower.hop == 2048
+    assert feed(baseline, emulator_blocks("healthy", 2.0, channels=1))

@@ -1,0 +1,261 @@
+"""The model stage for a model pack: features in, one Prediction per window out, and the
+alert rules that go with a pack.
+
+:class:`PackScorer` wraps :class:`edge_agent.model_runtime.PackModel` (which checks the
+pack's tensors and runs its self-test at load) and adds what the pipeline needs:
+
+* the feature extractor the pack was built for: from the manifest's ``features.spec``
+  (``band_edges_hz``, ``envelope_band_hz``, ``order_tolerance``, ``noise_floor_bins``) with
+  the config's ``[bearing]`` geometry when the manifest has one, else from the config's
+  ``[features]`` and ``[bearing]``;
+* the mapping of the extractor's vector to the pack's ``features.names`` (a name the
+  extractor does not compute refuses the pack at load, naming it);
+* the window length and hop: the manifest's ``features.window_length`` / ``hop`` when
+  given, else the config's ``[window]``;
+* the thresholds: ``thresholds.anomaly`` (default: ``[alerts] anomaly_threshold``) and
+  ``thresholds.label_confidence`` (default 0.6).
+
+Labels (decision): a prediction's ``label`` is always the classifier's top class, one of
+the pack's labels (the replay contract says so), never a made-up "anomaly" label. Whether a
+window counts for an alert is :meth:`PackScorer.hit`: a fault label (any label but
+``normal``) with probability >= ``label_confidence`` gives an alert of that label's type
+(``inner_race``, ...); otherwise an anomaly score >= the anomaly threshold gives an alert of
+type ``anomaly`` (a fault the classifier never saw, or one it is unsure of). The same rule
+drives the daemon's :class:`PackAlertRules` and ``edge-agent replay``'s ``alert`` field.
+
+Every load problem (unreadable or altered pack, failed self-test, no interpreter, unknown
+feature name, bad spec) is a :class:`edge_agent.pack.PackError` with one line.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.baseline import Prediction
+from edge_agent.bearing import BearingGeometry
+from edge_agent.features import FeatureExtractor, FeatureSpec
+from edge_agent.interpreter import NoInterpreterBackend
+from edge_agent.pack import PackError, read_pack
+from edge_agent.window import Window
+
+NORMAL = "normal"
+DEFAULT_LABEL_CONFIDENCE = 0.6
+TOP_DEVIATIONS = 3
+SCHEMA = 1
+
+
+def _spec_from_manifest(spec: dict[str, Any], cfg: Any, path: str) -> FeatureSpec:
+    b = cfg.bearing
+    geometry = BearingGeometry(b.n_balls, b.ball_diameter, b.pitch_diameter, b.contact_angle_deg)
+    f = cfg.features
+    try:
+        edges = tuple(float(x) for x in spec.get("band_edges_hz", f.band_edges_hz))
+        band = spec.get("envelope_band_hz", f.envelope_band_hz)
+        band = tuple(float(x) for x in band) if band else None
+        tol = float(spec.get("order_tolerance", f.order_tolerance))
+        floor = int(spec.get("noise_floor_bins", f.noise_floor_bins))
+    except (TypeError, ValueError) as exc:
+        raise PackError(f"{path}: features.spec is malformed: {exc}") from None
+    if len(edges) < 2 or any(not 0 <= a < b_ <= 100000 for a, b_ in zip(edges, edges[1:])):
+        raise PackError(f"{path}: features.spec.band_edges_hz must be at least 2 increasing numbers")
+    if band is not None and not (len(band) == 2 and 0 < band[0] < band[1]):
+        raise PackError(f"{path}: features.spec.envelope_band_hz must be [] or [lo, hi] with 0 < lo < hi")
+    if not (0 < tol < 1) or floor < 1:
+        raise PackError(f"{path}: features.spec: order_tolerance must be in (0, 1) and noise_floor_bins >= 1")
+    return FeatureSpec(geometry.orders(), edges, band, tol, floor)
+
+
+class PackScorer:
+    """A model pack as the pipeline's model stage (see the module docstring)."""
+
+    def __init__(self, pack_path: str, cfg: Any) -> None:
+        from edge_agent.model_runtime import PackModel  # imports the interpreter seam
+
+        path = str(pack_path)
+        pack = read_pack(path)
+        m = pack.manifest
+        try:
+            self.model = PackModel(pack, backend=cfg.model.backend, num_threads=cfg.model.num_threads)
+        except NoInterpreterBackend as exc:
+            raise PackError(f"{path}: no TFLite interpreter to run it: {exc}") from None
+        except PackError:
+            raise
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise PackError(f"{path}: cannot be loaded: {exc}") from None
+        self.path = path
+        self.pack = pack
+        self.version = pack.describe()
+        self.labels: tuple[str, ...] = self.model.labels
+        feats = m["features"]
+        spec = feats.get("spec")
+        if spec is not None and not isinstance(spec, dict):
+            raise PackError(f"{path}: features.spec must be an object")
+        self.spec = _spec_from_manifest(spec, cfg, path) if spec else FeatureSpec.from_config(cfg)
+        self.extractor = FeatureExtractor(self.spec)
+        known = {name: i for i, name in enumerate(self.extractor.names)}
+        unknown = [n for n in self.model.feature_names if n not in known]
+        if unknown:
+            raise PackError(
+                f"{path}: features.names has {', '.join(map(repr, unknown))}, which this agent does not compute "
+                f"(with this feature spec it computes {len(known)} features, e.g. {', '.join(list(known)[:6])}, ...)"
+            )
+        self.feature_index = np.array([known[n] for n in self.model.feature_names], dtype=np.intp)
+        self.window_length = _int_or(feats.get("window_length"), cfg.window.length, path, "features.window_length")
+        self.hop = _int_or(feats.get("hop"), cfg.window.hop or self.window_length // 2, path, "features.hop")
+        if self.window_length < 256 or self.window_length & (self.window_length - 1):
+            raise PackError(f"{path}: features.window_length {self.window_length} is not a power of two >= 256")
+        if not 1 <= self.hop <= self.window_length:
+            raise PackError(f"{path}: features.hop {self.hop} must be from 1 to the window length")
+        fs_range = feats.get("fs_range")
+        self.fs_range = tuple(float(x) for x in fs_range) if isinstance(fs_range, list) and len(fs_range) == 2 else None
+        th = m["thresholds"]
+        try:
+            self.anomaly_threshold = float(th.get("anomaly", cfg.alerts.anomaly_threshold))
+            self.label_confidence = float(th.get("label_confidence", DEFAULT_LABEL_CONFIDENCE))
+        except (TypeError, ValueError):
+            raise PackError(f"{path}: thresholds.anomaly and thresholds.label_confidence must be numbers") from None
+        if not (self.anomaly_threshold > 0 and 0 < self.label_confidence <= 1):
+            raise PackError(f"{path}: thresholds: anomaly must be > 0 and label_confidence in (0, 1]")
+        norm = feats.get("normalisation", {})
+        n = len(self.model.feature_names)
+        self._log = np.asarray(norm.get("log", [False] * n), dtype=bool)
+        self._mean = np.asarray(norm.get("mean", [0.0] * n), dtype=np.float64)
+        self._std = np.asarray(norm.get("std", [1.0] * n), dtype=np.float64)
+        self.backend = self.model.backend.describe()
+
+    # -- the model stage ------------------------------------------------------------------------
+    def select(self, features: np.ndarray) -> np.ndarray:
+        """The pack's input columns (manifest order) of the extractor's feature rows."""
+        return np.atleast_2d(features)[:, self.feature_index]
+
+    def predict(self, features: np.ndarray, channels: list[str]) -> list[Prediction]:
+        """One Prediction per row of ``features`` (rows as from ``self.extractor``)."""
+        x = self.select(features)
+        if len(x) == 0:
+            return []
+        out = self.model.run(x)
+        z = self.model.normalise(x)  # standardised deviation from the training mean
+        training_mean = np.where(self._log, np.exp(self._mean), self._mean)
+        names = self.model.feature_names
+        preds = []
+        for row in range(len(x)):
+            probs = out.probabilities[row]
+            top = int(np.argmax(probs))
+            zr = np.where(np.isfinite(z[row]), z[row], np.inf)
+            order = np.argsort(-np.abs(zr))[:TOP_DEVIATIONS]
+            devs = tuple((names[j], float(x[row, j]), float(training_mean[j]), float(zr[j])) for j in order)
+            preds.append(Prediction(
+                label=self.labels[top],
+                anomaly_score=float(out.anomaly[row]),
+                scores={lab: float(p) for lab, p in zip(self.labels, probs)},
+                top_deviations=devs,
+            ))
+        return preds
+
+    def hit(self, pred: Prediction) -> str | None:
+        """The alert type this window counts toward, or None (see the module docstring)."""
+        if pred.label != NORMAL and pred.scores.get(pred.label, 0.0) >= self.label_confidence:
+            return pred.label
+        if pred.anomaly_score >= self.anomaly_threshold:
+            return "anomaly"
+        return None
+
+    def rules(self, cfg: Any) -> PackAlertRules:
+        return PackAlertRules(self, cfg.alerts.raise_after, cfg.alerts.raise_window, cfg.alerts.clear_after)
+
+
+def _int_or(value: Any, default: int, path: str, key: str) -> int:
+    if value is None:
+        return int(default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PackError(f"{path}: {key} must be an integer, got {value!r}")
+    return value
+
+
+@dataclass(slots=True)
+class _ChannelState:
+    recent: deque  # alert type of each recent window, None when it was no hit
+    quiet: int = 0
+    open_alert: dict | None = None
+
+
+@dataclass(slots=True)
+class PackAlertRules:
+    """The alert rules with a pack: the same k-of-n hysteresis as :class:`AlertRules`
+    (``raise_after`` hits of the last ``raise_window`` windows raise, ``clear_after`` quiet
+    windows in a row clear), with :meth:`PackScorer.hit` deciding what a hit is. The raised
+    alert's type is the most frequent hit type among the recent windows (a fault label, or
+    ``anomaly``). At most one alert is open per channel."""
+
+    scorer: PackScorer
+    raise_after: int
+    raise_window: int
+    clear_after: int
+    _channels: dict[str, _ChannelState] = field(default_factory=dict)
+
+    @property
+    def model_version(self) -> str:
+        return self.scorer.version
+
+    @property
+    def threshold(self) -> float:
+        return self.scorer.anomaly_threshold
+
+    def open_alerts(self) -> list[dict]:
+        return [st.open_alert for st in self._channels.values() if st.open_alert is not None]
+
+    def update(self, window: Window, pred: Prediction) -> list[dict]:
+        st = self._channels.get(window.channel)
+        if st is None:
+            st = self._channels[window.channel] = _ChannelState(recent=deque(maxlen=self.raise_window))
+        kind = self.scorer.hit(pred)
+        st.recent.append(kind)
+        st.quiet = 0 if kind else st.quiet + 1
+        hits = [k for k in st.recent if k]
+        if st.open_alert is None and len(hits) >= self.raise_after:
+            alert_type = Counter(hits).most_common(1)[0][0]
+            st.open_alert = self._raised(window, pred, alert_type)
+            return [st.open_alert]
+        if st.open_alert is not None and st.quiet >= self.clear_after:
+            cleared = dict(st.open_alert, state="cleared", cleared_at=time.time())
+            st.open_alert = None
+            st.recent.clear()
+            return [cleared]
+        return []
+
+    def _raised(self, window: Window, pred: Prediction, alert_type: str) -> dict:
+        s = self.scorer
+        p = pred.scores.get(pred.label, 0.0)
+        severity = "alarm" if (pred.anomaly_score >= 2 * s.anomaly_threshold or (alert_type != "anomaly" and p >= 0.9)) else "warning"
+        devs = "; ".join(f"{name} {value:.3g} vs training mean {mean:.3g} ({z:+.1f} sigma)"
+                         for name, value, mean, z in pred.top_deviations)
+        what = (f"{alert_type} fault, probability {p:.2f} (confidence threshold {s.label_confidence:g})"
+                if alert_type != "anomaly" else
+                f"anomaly: anomaly score {pred.anomaly_score:.2f} (threshold {s.anomaly_threshold:g}), "
+                f"top class {pred.label} with probability {p:.2f}")
+        explanation = (f"{what} on {window.channel} at {window.rpm:.0f} rpm, model {s.version}; "
+                       f"anomaly score {pred.anomaly_score:.2f}")
+        if devs:
+            explanation += f"; most deviating features: {devs}"
+        return {
+            "schema": SCHEMA,
+            "id": uuid.uuid4().hex,
+            "time": time.time(),
+            "state": "open",
+            "severity": severity,
+            "type": alert_type,
+            "label": pred.label,
+            "probability": round(p, 4),
+            "scores": {k: round(v, 4) for k, v in pred.scores.items()},
+            "channel": window.channel,
+            "anomaly_score": round(pred.anomaly_score, 3),
+            "rpm": round(window.rpm, 1),
+            "window_t_start_us": window.t_start_us,
+            "explanation": explanation,
+            "model_version": s.version,
+        }

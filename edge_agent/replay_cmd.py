@@ -1,0 +1,183 @@
+"""``edge-agent replay FILE [--fs HZ] [--rpm RPM] [--model PACK] [--jsonl]``: the daemon's own
+pipeline on a recording (contract: /work/shared/CONTRACT.md, "Replay").
+
+The pipeline is truly the daemon's: an :class:`edge_agent.agent.Agent` built from the
+default config with the broker disabled, no sources, storage in a temporary directory and
+``[model] pack`` set to the pack, fed the recording's SampleBlocks (as the replay source cuts
+them) through :meth:`Agent.process_blocks`: the windower with the pack's window length and
+hop, the data-quality checks, the feature extractor, the pack and the alert rules.
+
+Output, per analysed (scored) window, in time order:
+
+* ``--jsonl``: one JSON object per line on stdout, exactly
+  ``{"t_start", "label", "scores", "anomaly_score", "alert"}``; ``t_start`` is seconds from
+  the start of the recording, ``label`` the pack's top class, ``alert`` whether the window is
+  a hit of the daemon's alert rules (:meth:`PackScorer.hit`: a confident fault label or an
+  anomaly score above the pack's threshold) and is not flagged by the data-quality checks
+  (a flagged window never raises). The daemon raises an alert message once k of the last
+  n windows are hits; the summary reports those too.
+* otherwise a human table on stdout.
+
+Progress (about once a second) and the closing summary (windows per label, alert windows,
+alerts raised, data-quality flags, time, windows/s) go to stderr. Every problem with the
+file, the pack or the arguments is one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import TextIO
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+BLOCK = 4096  # samples per channel per block, as the replay source emits them
+BATCH_BLOCKS = 64  # blocks per process_blocks call, as the daemon's processing loop takes them
+PROGRESS_EVERY_S = 1.0
+DEFAULT_PACK = Path(__file__).resolve().parent.parent / "models" / "default.pack"
+
+
+def _fail(msg: str) -> int:
+    print(f"edge-agent replay: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run_replay(file: str, fs: float | None = None, rpm: float | None = None, model: str | None = None,
+               jsonl: bool = False, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    from edge_agent.errors import StartupError
+    from edge_agent.recordings import load_recording
+
+    if model is None:
+        if not DEFAULT_PACK.is_file():
+            return _fail(f"no model pack: the default {DEFAULT_PACK} does not exist; give one with --model PACK")
+        model = str(DEFAULT_PACK)
+    try:
+        rec = load_recording(file, fs=fs, rpm=rpm)
+    except StartupError as exc:  # RecordingError
+        return _fail(str(exc))
+    except MemoryError:
+        return _fail(f"recording {file}: too large to load into memory")
+
+    from edge_agent.agent import Agent
+    from edge_agent.config import default_config
+    from edge_agent.window import SampleBlock
+
+    edge_log = logging.getLogger("edge_agent")
+    old_level = edge_log.level
+    edge_log.setLevel(logging.ERROR)  # alert and quality lines would drown the progress; the summary has them
+    try:
+        with tempfile.TemporaryDirectory(prefix="edge-agent-replay-") as tmp:
+            cfg = default_config(storage={"dir": tmp}, broker={"enabled": False})
+            cfg = replace(cfg, sources=(), model=replace(cfg.model, pack=str(model)))
+            try:
+                agent = Agent(cfg)
+            except StartupError as exc:
+                return _fail(str(exc))
+            scorer = agent.model
+            print(f"replay: {rec.source_desc}; model {scorer.version} ({scorer.backend}), window "
+                  f"{scorer.window_length} hop {scorer.hop}", file=err)
+            if rec.rpm is None:
+                print(f"replay: the file gives no shaft speed: assuming {cfg.shaft.rpm:g} rpm (give --rpm RPM)", file=err)
+            if scorer.fs_range and not scorer.fs_range[0] <= rec.fs <= scorer.fs_range[1]:
+                print(f"replay: warning: {rec.fs:g} Hz is outside the pack's sample-rate range "
+                      f"{scorer.fs_range[0]:g}-{scorer.fs_range[1]:g} Hz", file=err)
+            if rec.n_samples < scorer.window_length:
+                print(f"replay: warning: {rec.n_samples} samples, shorter than one window ({scorer.window_length}): "
+                      "nothing to analyse", file=err)
+            return _replay(agent, rec, SampleBlock, jsonl, out, err)
+    finally:
+        edge_log.setLevel(old_level)
+
+
+def _replay(agent, rec, SampleBlock, jsonl: bool, out: TextIO, err: TextIO) -> int:
+    scorer = agent.model
+    names = {ch: f"replay.{ch}" for ch in rec.channels}
+    multi = len(rec.channels) > 1
+    labels: Counter[str] = Counter()
+    alert_windows: Counter[str] = Counter()
+    flagged = unscored = 0
+    windows = 0
+    t0 = time.perf_counter()
+    next_progress = t0 + PROGRESS_EVERY_S
+    if not jsonl:
+        ch_col = f"{'channel':<12} " if multi else ""
+        print(f"{'t_start_s':>10} {ch_col}{'label':<12} {'p':>5} {'anomaly':>8}  alert", file=out)
+
+    def emit(results) -> None:
+        nonlocal flagged, unscored, windows
+        results = sorted(results, key=lambda r: (r.window.t_start_us, r.window.channel))
+        lines = []
+        for r in results:
+            if r.prediction is None:
+                unscored += 1
+                continue
+            p, w = r.prediction, r.window
+            if w.flags:
+                flagged += 1
+            kind = None if w.flags else scorer.hit(p)
+            windows += 1
+            labels[p.label] += 1
+            if kind:
+                alert_windows[kind] += 1
+            t_start = round(w.t_start_us / 1e6, 6)
+            if jsonl:
+                lines.append(json.dumps({
+                    "t_start": t_start,
+                    "label": p.label,
+                    "scores": {k: round(v, 4) for k, v in p.scores.items()},
+                    "anomaly_score": round(p.anomaly_score, 4),
+                    "alert": kind is not None,
+                }))
+            else:
+                ch = f"{w.channel.removeprefix('replay.'):<12} " if multi else ""
+                flag = f" (flagged: {','.join(sorted(w.flags))})" if w.flags else ""
+                lines.append(f"{t_start:>10.3f} {ch}{p.label:<12} {p.scores.get(p.label, 0.0):>5.2f} "
+                             f"{p.anomaly_score:>8.2f}  {kind.upper() if kind else '-'}{flag}")
+        if lines:
+            out.write("\n".join(lines) + "\n")
+
+    n = rec.n_samples
+    batch: list = []
+    for start in range(0, n, BLOCK):
+        end = min(n, start + BLOCK)
+        t0_us = round(start * 1e6 / rec.fs)
+        for ch, x in rec.channels.items():
+            batch.append(SampleBlock(names[ch], x[start:end], rec.fs, t0_us, start, rec.rpm, rec.full_scale))
+        if len(batch) >= BATCH_BLOCKS or end == n:
+            emit(agent.process_blocks(batch))
+            batch = []
+            now = time.perf_counter()
+            if now >= next_progress:
+                next_progress = now + PROGRESS_EVERY_S
+                out.flush()
+                print(f"replay: {end / rec.fs:.1f} of {rec.duration_s:.1f} s ({100 * end / n:.0f}%), {windows} windows, "
+                      f"{windows / (now - t0):.0f} windows/s", file=err, flush=True)
+    out.flush()
+    elapsed = time.perf_counter() - t0
+    _summary(agent, rec, labels, alert_windows, flagged, unscored, windows, elapsed, err)
+    return EXIT_OK
+
+
+def _summary(agent, rec, labels, alert_windows, flagged, unscored, windows, elapsed, err) -> None:
+    scorer = agent.model
+    p = lambda s="": print(s, file=err)  # noqa: E731
+    p(f"replay summary: {Path(rec.source_desc.split(':')[0]).name}, {rec.duration_s:.1f} s, model {scorer.version}")
+    p(f"  {'label':<14} {'windows':>8} {'share':>7}")
+    for label in list(scorer.labels) + sorted(set(labels) - set(scorer.labels)):
+        k = labels.get(label, 0)
+        p(f"  {label:<14} {k:>8} {100 * k / windows if windows else 0:>6.1f}%")
+    p(f"  {'total':<14} {windows:>8}")
+    kinds = ", ".join(f"{k} {v}" for k, v in alert_windows.most_common()) or "none"
+    p(f"  alert windows: {sum(alert_windows.values())} ({kinds}); alerts the daemon raised: {agent.alerts_raised} "
+      f"({', '.join(f'{k} {v}' for k, v in agent.alerts_by_type.items()) or 'none'})")
+    if flagged or unscored:
+        p(f"  data quality: {flagged} window(s) flagged (scored, never alerting), {unscored} not scored")
+    rate = windows / elapsed if elapsed > 0 else 0.0
+    p(f"  time: {elapsed:.2f} s, {rate:.0f} windows/s, {rec.duration_s / elapsed if elapsed > 0 else 0:.0f}x real time")
