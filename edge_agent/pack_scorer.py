@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from edge_agent.alerts import Hysteresis
 from edge_agent.baseline import Prediction
 from edge_agent.bearing import BearingGeometry
 from edge_agent.features import FeatureExtractor, FeatureSpec
@@ -178,13 +178,6 @@ def _int_or(value: Any, default: int, path: str, key: str) -> int:
 
 
 @dataclass(slots=True)
-class _ChannelState:
-    recent: deque  # alert type of each recent window, None when it was no hit
-    quiet: int = 0
-    open_alert: dict | None = None
-
-
-@dataclass(slots=True)
 class PackAlertRules:
     """The alert rules with a pack: the same k-of-n hysteresis as :class:`AlertRules`
     (``raise_after`` hits of the last ``raise_window`` windows raise, ``clear_after`` quiet
@@ -196,7 +189,10 @@ class PackAlertRules:
     raise_after: int
     raise_window: int
     clear_after: int
-    _channels: dict[str, _ChannelState] = field(default_factory=dict)
+    _hysteresis: Hysteresis | None = None
+
+    def __post_init__(self) -> None:
+        self._hysteresis = Hysteresis(self.raise_after, self.raise_window, self.clear_after)
 
     @property
     def model_version(self) -> str:
@@ -207,26 +203,10 @@ class PackAlertRules:
         return self.scorer.anomaly_threshold
 
     def open_alerts(self) -> list[dict]:
-        return [st.open_alert for st in self._channels.values() if st.open_alert is not None]
+        return self._hysteresis.open_alerts()
 
     def update(self, window: Window, pred: Prediction) -> list[dict]:
-        st = self._channels.get(window.channel)
-        if st is None:
-            st = self._channels[window.channel] = _ChannelState(recent=deque(maxlen=self.raise_window))
-        kind = self.scorer.hit(pred)
-        st.recent.append(kind)
-        st.quiet = 0 if kind else st.quiet + 1
-        hits = [k for k in st.recent if k]
-        if st.open_alert is None and len(hits) >= self.raise_after:
-            alert_type = Counter(hits).most_common(1)[0][0]
-            st.open_alert = self._raised(window, pred, alert_type)
-            return [st.open_alert]
-        if st.open_alert is not None and st.quiet >= self.clear_after:
-            cleared = dict(st.open_alert, state="cleared", cleared_at=time.time())
-            st.open_alert = None
-            st.recent.clear()
-            return [cleared]
-        return []
+        return self._hysteresis.step(window.channel, self.scorer.hit(pred), lambda kind: self._raised(window, pred, kind))
 
     def _raised(self, window: Window, pred: Prediction, alert_type: str) -> dict:
         s = self.scorer
