@@ -45,7 +45,6 @@ from edge_agent.interpreter import NoInterpreterBackend, load_backend
 from edge_agent.outbox import MemoryOutbox
 from edge_agent.pack import PackError
 from edge_agent.pack_scorer import PackAlertRules, PackScorer
-from edge_agent.publisher import Publisher
 from edge_agent.quality import PersistentProblems, QualityCounts, QualityLimits, check_windows
 from edge_agent.sources import make_source
 from edge_agent.status_file import write_status
@@ -71,6 +70,14 @@ class WindowResult:
     alerts: tuple[dict, ...] = ()
 
 
+
+def _publisher():
+    """The Publisher class, imported when a broker is configured: paho-mqtt costs ~30 ms
+    of start-up that ``edge-agent replay`` (no broker) need not pay."""
+    from edge_agent.publisher import Publisher
+
+    return Publisher
+
 class Agent:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -91,7 +98,7 @@ class Agent:
             except PackError as exc:
                 raise StartupError(f"model.pack: {exc}") from None
         if scorer is not None:
-            self.windower = Windower(scorer.window_length, scorer.hop, cfg.shaft.rpm)
+            self.windower = Windower(scorer.window_length, scorer.hop, cfg.shaft.rpm, scorer.window_reference_fs)
         else:
             self.windower = Windower(cfg.window.length, cfg.window.hop, cfg.shaft.rpm)
         self.quality_action = cfg.quality.action
@@ -117,7 +124,7 @@ class Agent:
             cfg.quality.alert_after, cfg.quality.clear_after, self.model.version, cfg.quality.action
         )
         self.publisher = (
-            Publisher(cfg.broker, self.topics, self.outbox, self._birth, qos=cfg.publish.qos) if cfg.broker.enabled else None
+            _publisher()(cfg.broker, self.topics, self.outbox, self._birth, qos=cfg.publish.qos) if cfg.broker.enabled else None
         )
         self.started = time.time()
         self.labels: Counter[str] = Counter()
@@ -155,8 +162,9 @@ class Agent:
         except PackError as exc:
             log.error("model pack refused, keeping %s: %s", self.model.version, exc)
             return str(exc)
-        if (scorer.window_length, scorer.hop) != (self.windower.length, self.windower.hop):
-            self.windower = Windower(scorer.window_length, scorer.hop, self.cfg.shaft.rpm)
+        if ((scorer.window_length, scorer.hop, scorer.window_reference_fs)
+                != (self.windower.length, self.windower.hop, self.windower.reference_fs)):
+            self.windower = Windower(scorer.window_length, scorer.hop, self.cfg.shaft.rpm, scorer.window_reference_fs)
         self._use_pack(scorer)
         self.quality_problems.model_version = scorer.version
         log.info("model pack %s loaded: %s on %s", path, scorer.version, scorer.backend)

@@ -242,7 +242,9 @@ def cmd_model_info(path: str, as_json: bool) -> int:
     print(f"labels:     {', '.join(m['labels'])}")
     print(f"features:   {len(feats['names'])}: {', '.join(feats['names'])}")
     if "window_length" in feats:
-        print(f"window:     {feats['window_length']} samples, hop {feats.get('hop')}, rates {feats.get('fs_range')} Hz")
+        scaled = (f" at {feats['window_reference_fs_hz']:g} Hz, scaled with the rate"
+                  if isinstance(feats.get("window_reference_fs_hz"), (int, float)) else "")
+        print(f"window:     {feats['window_length']} samples, hop {feats.get('hop')}{scaled}, rates {feats.get('fs_range')} Hz")
     for role, t in m["tensors"].items():
         quant = f", scale {t.get('scale'):.6g}, zero point {t.get('zero_point')}" if "scale" in t else ""
         print(f"tensor:     {role} {t.get('name')} {t.get('dtype')} {t.get('shape')}{quant}")

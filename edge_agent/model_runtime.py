@@ -92,6 +92,9 @@ class PackModel:
         shape = list(actual["shape"])
         if len(shape) != 2 or shape[1] != width:
             raise PackError(f"{path}: tensor {role} has shape {shape}, expected [batch, {width}]")
+        want_shape = want.get("shape")
+        if want_shape is not None and (not isinstance(want_shape, list) or len(want_shape) != 2 or want_shape[1] != shape[1]):
+            raise PackError(f"{path}: tensor {role} has shape [batch, {shape[1]}], the manifest says {want_shape}")
         scale, zero = actual["quantization"]
         if dtype is not np.float32:
             ws, wz = want.get("scale"), want.get("zero_point")

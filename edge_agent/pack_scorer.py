@@ -11,7 +11,9 @@ pack's tensors and runs its self-test at load) and adds what the pipeline needs:
 * the mapping of the extractor's vector to the pack's ``features.names`` (a name the
   extractor does not compute refuses the pack at load, naming it);
 * the window length and hop: the manifest's ``features.window_length`` / ``hop`` when
-  given, else the config's ``[window]``;
+  given, else the config's ``[window]``; with ``features.window_reference_fs_hz`` they are the
+  figures at that rate and scale with each channel's rate (same duration at every rate,
+  edge_agent/windower.py);
 * the thresholds: ``thresholds.anomaly`` (default: ``[alerts] anomaly_threshold``) and
   ``thresholds.label_confidence`` (default 0.6).
 
@@ -111,6 +113,13 @@ class PackScorer:
             raise PackError(f"{path}: features.window_length {self.window_length} is not a power of two >= 256")
         if not 1 <= self.hop <= self.window_length:
             raise PackError(f"{path}: features.hop {self.hop} must be from 1 to the window length")
+        ref_fs = feats.get("window_reference_fs_hz")
+        if ref_fs is not None and (isinstance(ref_fs, bool) or not isinstance(ref_fs, (int, float))
+                                   or not np.isfinite(ref_fs) or ref_fs <= 0):
+            raise PackError(f"{path}: features.window_reference_fs_hz must be a positive number of Hz, got {ref_fs!r}")
+        # None: the window is window_length samples at every rate; else window_length / hop are
+        # the figures at this rate and scale with the rate in powers of two (edge_agent/windower.py)
+        self.window_reference_fs = float(ref_fs) if ref_fs is not None else None
         fs_range = feats.get("fs_range")
         self.fs_range = tuple(float(x) for x in fs_range) if isinstance(fs_range, list) and len(fs_range) == 2 else None
         th = m["thresholds"]
@@ -142,18 +151,24 @@ class PackScorer:
         z = self.model.normalise(x)  # standardised deviation from the training mean
         training_mean = np.where(self._log, np.exp(self._mean), self._mean)
         names = self.model.feature_names
+        labels = self.labels
+        # vectorised over the batch; the per-row loop only builds the Python objects
+        z = np.where(np.isfinite(z), z, np.inf)
+        order = np.argsort(-np.abs(z), axis=1, kind="stable")[:, :TOP_DEVIATIONS]
+        rows = np.arange(len(x))[:, None]
+        dev_x, dev_z = x[rows, order].tolist(), z[rows, order].tolist()
+        dev_mean = training_mean[order].tolist()
+        top = np.argmax(out.probabilities, axis=1).tolist()
+        probs = out.probabilities.tolist()
+        anomaly = out.anomaly.tolist()
+        order = order.tolist()
         preds = []
         for row in range(len(x)):
-            probs = out.probabilities[row]
-            top = int(np.argmax(probs))
-            zr = np.where(np.isfinite(z[row]), z[row], np.inf)
-            order = np.argsort(-np.abs(zr))[:TOP_DEVIATIONS]
-            devs = tuple((names[j], float(x[row, j]), float(training_mean[j]), float(zr[j])) for j in order)
             preds.append(Prediction(
-                label=self.labels[top],
-                anomaly_score=float(out.anomaly[row]),
-                scores={lab: float(p) for lab, p in zip(self.labels, probs)},
-                top_deviations=devs,
+                label=labels[top[row]],
+                anomaly_score=anomaly[row],
+                scores=dict(zip(labels, probs[row])),
+                top_deviations=tuple(zip([names[j] for j in order[row]], dev_x[row], dev_mean[row], dev_z[row])),
             ))
         return preds
 

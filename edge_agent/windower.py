@@ -6,6 +6,14 @@ window is discarded (counted in ``gaps``/``discarded_samples``) and windowing re
 window never spans a discontinuity. Timestamps of a window are derived from the first
 block after the last restart and the sample count, not from per-block clocks, so jitter in
 frame timestamps does not jitter the window grid.
+
+With ``reference_fs`` set, the length and hop are those at that rate and every channel's
+window keeps (about) the same *duration* at its own rate: at ``fs`` they are scaled by
+``2^round(log2(fs / reference_fs))`` (the length stays a power of two, 256 .. 65536). A
+4096-sample window at 12 kHz is then 16384 samples at 48 kHz and 8192 at 25.6 kHz, so the
+envelope spectrum's resolution (fs / N, about 3 Hz) and the features built on it mean the
+same thing at every rate; a fixed 4096 at 48 kHz would be 85 ms, 2.5 turns of a 1800 rpm
+shaft, too short to resolve shaft sidebands.
 """
 from __future__ import annotations
 
@@ -26,21 +34,39 @@ class _ChannelBuffer:
     anchor_t0_us: int = 0  # its timestamp
     fs: float = 0.0
     rpm: float | None = None
+    length: int = 0  # window length and hop at this channel's rate
+    hop: int = 0
+
+
+MIN_LENGTH, MAX_LENGTH = 256, 65536
 
 
 class Windower:
-    def __init__(self, length: int, hop: int, default_rpm: float) -> None:
+    def __init__(self, length: int, hop: int, default_rpm: float, reference_fs: float | None = None) -> None:
         if length < 1 or length & (length - 1):
             raise ValueError(f"window length must be a power of two, got {length}")
         if not 1 <= hop <= length:
             raise ValueError(f"hop must be from 1 to the window length {length}, got {hop}")
+        if reference_fs is not None and not (np.isfinite(reference_fs) and reference_fs > 0):
+            raise ValueError(f"reference sample rate must be a positive number, got {reference_fs!r}")
         self.length = length
         self.hop = hop
+        self.reference_fs = reference_fs
         self.default_rpm = default_rpm
         self._channels: dict[str, _ChannelBuffer] = {}
         self.gaps: Counter[str] = Counter()
         self.discarded_samples: Counter[str] = Counter()
         self.windows: Counter[str] = Counter()
+
+    def length_at(self, fs: float) -> tuple[int, int]:
+        """(window length, hop) for a channel at rate ``fs``."""
+        if self.reference_fs is None:
+            return self.length, self.hop
+        k = int(round(np.log2(fs / self.reference_fs)))
+        k = max(k, int(np.log2(MIN_LENGTH / self.length)))
+        k = min(k, int(np.log2(MAX_LENGTH / self.length)))
+        scale = 2.0 ** k
+        return int(self.length * scale), max(1, int(round(self.hop * scale)))
 
     def push(self, block: SampleBlock) -> list[Window]:
         """Add a block; return the windows it completed (possibly none).
@@ -54,7 +80,7 @@ class Windower:
             raise ValueError(f"block for channel {block.channel!r} is not one-dimensional")
         ch = self._channels.get(block.channel)
         if ch is None:
-            ch = _ChannelBuffer(buf=np.empty(2 * self.length, dtype=np.float32))
+            ch = _ChannelBuffer(buf=np.empty(0, dtype=np.float32))
             self._channels[block.channel] = ch
             self._restart(ch, block)
         elif block.seq != ch.seq_first + ch.n or block.fs != ch.fs:
@@ -73,12 +99,12 @@ class Windower:
             ch.buf[ch.n : ch.n + take] = samples[pos : pos + take]
             ch.n += take
             pos += take
-            while ch.n >= self.length:
+            while ch.n >= ch.length:
                 out.append(self._emit(block.channel, ch))
-                keep = ch.n - self.hop
-                ch.buf[:keep] = ch.buf[self.hop : ch.n]
+                keep = ch.n - ch.hop
+                ch.buf[:keep] = ch.buf[ch.hop : ch.n]
                 ch.n = keep
-                ch.seq_first += self.hop
+                ch.seq_first += ch.hop
         return out
 
     def _restart(self, ch: _ChannelBuffer, block: SampleBlock) -> None:
@@ -87,16 +113,19 @@ class Windower:
         ch.anchor_seq = block.seq
         ch.anchor_t0_us = block.t0_us
         ch.fs = block.fs
+        ch.length, ch.hop = self.length_at(block.fs)
+        if len(ch.buf) != 2 * ch.length:
+            ch.buf = np.empty(2 * ch.length, dtype=np.float32)
 
     def _emit(self, channel: str, ch: _ChannelBuffer) -> Window:
         self.windows[channel] += 1
         t_start = ch.anchor_t0_us + round((ch.seq_first - ch.anchor_seq) * 1e6 / ch.fs)
         return Window(
             channel=channel,
-            samples=ch.buf[: self.length].copy(),
+            samples=ch.buf[: ch.length].copy(),
             fs=ch.fs,
             rpm=ch.rpm if ch.rpm is not None else self.default_rpm,
             t_start_us=t_start,
             seq_first=ch.seq_first,
-            seq_last=ch.seq_first + self.length - 1,
+            seq_last=ch.seq_first + ch.length - 1,
         )

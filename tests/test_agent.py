@@ -290,13 +290,56 @@ def test_a_bad_pack_stops_start_up_with_one_line(tmp_path):
     assert "bad.pack" in str(exc.value) and "\n" not in str(exc.value)
 
 
+def _bad_packs(tmp_path):
+    """One pack per way a pack can be bad at the agent: corrupted (a member's bytes changed
+    after signing its hash), truncated (half the file), mismatched (the manifest's tensor spec
+    is not the model's), failing its self-test (expected outputs wrong), and not a pack."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from edge_agent.pack import read_pack, write_pack
+
+    tiny = Path(TINY_PACK)
+    out = {}
+    with zipfile.ZipFile(tiny) as z:
+        entries = {i.filename: z.read(i) for i in z.infolist()}
+    model = bytearray(entries["model.tflite"])
+    model[len(model) // 2] ^= 0x01
+    entries["model.tflite"] = bytes(model)
+    out["corrupted"] = tmp_path / "corrupted.pack"
+    with zipfile.ZipFile(out["corrupted"], "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    out["truncated"] = tmp_path / "truncated.pack"
+    out["truncated"].write_bytes(tiny.read_bytes()[: tiny.stat().st_size - 200])
+    pack = read_pack(tiny)
+    manifest = {k: v for k, v in json.loads(pack.manifest_bytes).items() if k not in ("members", "schema")}
+    manifest["tensors"]["input"]["shape"] = [-1, manifest["tensors"]["input"]["shape"][1] + 1]
+    out["mismatched"] = tmp_path / "mismatched.pack"
+    write_pack(out["mismatched"], manifest, dict(pack.members))
+    manifest = {k: v for k, v in json.loads(pack.manifest_bytes).items() if k not in ("members", "schema")}
+    ref = dict(np.load(io.BytesIO(pack.members["reference.npz"])))
+    ref = {k: (v[:, ::-1].copy() if k.startswith("out_") and v.shape[1] > 1 else v) for k, v in ref.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **ref)
+    out["self-test"] = tmp_path / "selftest.pack"
+    write_pack(out["self-test"], manifest, {**pack.members, "reference.npz": buf.getvalue()})
+    out["garbage"] = tmp_path / "bad.pack"
+    out["garbage"].write_bytes(b"garbage")
+    return out
+
+
 def test_a_refused_pack_keeps_the_current_model(tmp_path):
     agent = pack_agent(tmp_path)
+    for kind, bad in _bad_packs(tmp_path).items():
+        reason = agent.load_pack(str(bad))
+        assert reason and bad.name in reason and "\n" not in reason, (kind, reason)
+        assert agent.model.version == "tiny-test 0.1.0", kind
+    assert feed(agent, emulator_blocks("inner_race", 2.0, channels=1))  # still scoring with the pack it had
+    assert agent.processing_errors == 0 and agent.windows_scored > 0
     bad = tmp_path / "bad.pack"
-    bad.write_bytes(b"garbage")
-    reason = agent.load_pack(str(bad))
-    assert reason and "bad.pack" in reason
-    assert agent.model.version == "tiny-test 0.1.0"
     baseline = Agent(_config(tmp_path / "b"))
     assert baseline.load_pack(str(bad)) is not None and baseline.model.version == "baseline-0.1"
     assert baseline.load_pack(TINY_PACK) is None and baseline.model.version == "tiny-test 0.1.0"

@@ -64,6 +64,8 @@ def test_not_a_tflite_flatbuffer_is_refused(tmp_path):
     (lambda m: m["tensors"]["probabilities"].__setitem__("name", "nope:0"), "tensors.probabilities names no output"),
     (lambda m: m["features"].__setitem__("names", m["features"]["names"][:-1]), "expected [batch, 7]"),
     (lambda m: m.__setitem__("labels", ["a", "b"]), "expected [batch, 2]"),
+    (lambda m: m["tensors"]["input"].__setitem__("shape", [-1, 9]), "tensor input has shape [batch, 8], the manifest says [-1, 9]"),
+    (lambda m: m["tensors"]["anomaly"].__setitem__("shape", 1), "the manifest says 1"),
 ])
 def test_tensors_not_matching_the_manifest_are_refused(tmp_path, edit, reason):
     def both(m):

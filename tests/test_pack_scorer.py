@@ -88,6 +88,24 @@ def test_manifest_feature_spec_builds_the_extractor(tmp_path):
     assert "band_rms_10_1000" in s.extractor.names
 
 
+@pytest.mark.parametrize("value", [0, -12000.0, "12k", True, None])
+def test_window_reference_rate(tmp_path, value):
+    feats = dict(read_pack(TINY).manifest["features"])
+    feats["window_reference_fs_hz"] = value
+    path = _repack(tmp_path, features=feats)
+    if value is None:  # JSON null: the window is window_length samples at every rate
+        assert PackScorer(path, default_config()).window_reference_fs is None
+        return
+    with pytest.raises(PackError, match="window_reference_fs_hz must be a positive number"):
+        PackScorer(path, default_config())
+
+
+def test_a_window_reference_rate_is_used(tmp_path):
+    feats = dict(read_pack(TINY).manifest["features"])
+    feats["window_reference_fs_hz"] = 12000
+    assert PackScorer(_repack(tmp_path, features=feats), default_config()).window_reference_fs == 12000.0
+
+
 def test_a_broken_pack_is_one_line(tmp_path):
     bad = tmp_path / "bad.pack"
     bad.write_bytes(b"not a zip")

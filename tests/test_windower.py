@@ -51,3 +51,34 @@ def test_channels_are_independent_and_rpm_follows_source():
 def test_bad_geometry_is_refused(length, hop):
     with pytest.raises(ValueError):
         Windower(length=length, hop=hop, default_rpm=1.0)
+
+
+def _block(fs: float, n: int, seq: int = 0, ch: str = "x") -> SampleBlock:
+    return SampleBlock(ch, np.arange(seq, seq + n, dtype=np.float32), fs, 0, seq, rpm=1500.0)
+
+
+@pytest.mark.parametrize("fs, length, hop", [(12000.0, 4096, 2048), (48000.0, 16384, 8192), (25600.0, 8192, 4096),
+                                             (6400.0, 2048, 1024), (1000.0, 256, 128), (10.0e6, 65536, 32768)])
+def test_a_reference_rate_keeps_the_window_duration_at_every_rate(fs, length, hop):
+    w = Windower(length=4096, hop=2048, default_rpm=1500.0, reference_fs=12000.0)
+    assert w.length_at(fs) == (length, hop)
+    out = w.push(_block(fs, length + 2 * hop))
+    assert [len(x.samples) for x in out] == [length] * 3
+    assert [x.seq_first for x in out] == [0, hop, 2 * hop]
+    assert all(x.seq_last == x.seq_first + length - 1 for x in out)
+    assert out[1].samples[0] == hop  # the samples are the stream's, in order
+
+
+def test_a_rate_change_restarts_with_that_rates_length():
+    w = Windower(length=4096, hop=4096, default_rpm=1500.0, reference_fs=12000.0)
+    assert len(w.push(_block(12000.0, 4096))) == 1
+    out = w.push(_block(48000.0, 16384, seq=4096))  # rate changed: a gap, then 48 kHz windows
+    assert w.gaps["x"] == 1 and [len(x.samples) for x in out] == [16384]
+    fixed = Windower(length=4096, hop=4096, default_rpm=1500.0)
+    assert [len(x.samples) for x in fixed.push(_block(48000.0, 16384))] == [4096] * 4
+
+
+def test_a_bad_reference_rate_is_refused():
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError):
+            Windower(length=4096, hop=2048, default_rpm=1.0, reference_fs=bad)
