@@ -39,6 +39,7 @@ from edge_agent import __version__
 from edge_agent.alerts import AlertRules
 from edge_agent.baseline import BaselineModel, Prediction
 from edge_agent.bounded_queue import BoundedQueue
+from edge_agent.drift_monitor import DriftMonitor
 from edge_agent.errors import StartupError
 from edge_agent.features import FeatureExtractor, FeatureSpec
 from edge_agent.interpreter import NoInterpreterBackend, load_backend
@@ -120,6 +121,7 @@ class Agent:
                 threshold=cfg.alerts.anomaly_threshold,
                 model_version=self.model.version,
             )
+        self.drift = DriftMonitor.for_model(cfg, self.model, self.extractor)
         self.quality_problems = PersistentProblems(
             cfg.quality.alert_after, cfg.quality.clear_after, self.model.version, cfg.quality.action
         )
@@ -132,6 +134,7 @@ class Agent:
         self.alerts_by_type: Counter[str] = Counter()
         self.alerts_cleared = 0
         self.processing_errors = 0
+        self.drift_errors = 0
         self.bad_blocks: Counter[str] = Counter()
         self.source_errors: Counter[str] = Counter()
         self.windows_total = 0
@@ -166,6 +169,7 @@ class Agent:
                 != (self.windower.length, self.windower.hop, self.windower.reference_fs)):
             self.windower = Windower(scorer.window_length, scorer.hop, self.cfg.shaft.rpm, scorer.window_reference_fs)
         self._use_pack(scorer)
+        self.drift = DriftMonitor.for_model(self.cfg, scorer, self.extractor)  # a new interval, new reference
         self.quality_problems.model_version = scorer.version
         log.info("model pack %s loaded: %s on %s", path, scorer.version, scorer.backend)
         return None
@@ -254,12 +258,16 @@ class Agent:
         windows, details = self._check_quality(windows)
         scored = [i for i, w in enumerate(windows) if self._scorable(w)]
         preds: list[Prediction | None] = [None] * len(windows)
+        drift_msgs: list[dict] = []
         if scored:
             t = time.perf_counter()
             feats = self.extractor.extract([windows[i] for i in scored])
             self.feature_seconds += time.perf_counter() - t
-            for i, p in zip(scored, self.model.predict(feats, [windows[i].channel for i in scored])):
+            batch_preds = self.model.predict(feats, [windows[i].channel for i in scored])
+            latency = time.perf_counter() - t
+            for i, p in zip(scored, batch_preds):
                 preds[i] = p
+            drift_msgs = self._observe_drift(windows, scored, feats, batch_preds, latency)
         results: list[WindowResult] = []
         for w, p, detail in zip(windows, preds, details):
             if w.flags:
@@ -272,22 +280,49 @@ class Agent:
                 if not w.flags:  # a flagged window never raises (nor clears) an anomaly alert
                     messages += self.rules.update(w, p)
             for msg in messages:
-                if msg["state"] == "open":
-                    self.alerts_raised += 1
-                    self.alerts_by_type[msg["type"]] += 1
-                    log.warning("ALERT %s %s on %s: %s", msg["severity"], msg["type"], msg["channel"], msg["explanation"])
-                else:
-                    self.alerts_cleared += 1
-                    log.info("alert %s (%s) on %s cleared", msg["id"], msg["type"], msg["channel"])
-                self.outbox.commit("alert", msg)
+                self._commit_alert(msg)
             results.append(WindowResult(w, p, tuple(messages)))
+        for msg in drift_msgs:
+            self._commit_alert(msg)
+        if drift_msgs:  # the score detectors' alarms: with the batch's last window
+            last = results[-1]
+            results[-1] = WindowResult(last.window, last.prediction, last.alerts + tuple(drift_msgs))
         self.windows_total += len(windows)
         self.windows_scored += len(scored)
         return results
 
+    def _observe_drift(self, windows, scored, feats, preds, latency: float) -> list[dict]:
+        """Feed the drift monitor the scored windows without quality flags (and that are not
+        the baseline scorer's learning windows); return the score detectors' alarms."""
+        rows = [j for j, i in enumerate(scored) if not windows[i].flags and preds[j].label != "learning"]
+        if not rows:
+            return []
+        sel = self.model.select(feats[rows]) if isinstance(self.model, PackScorer) else feats[rows]
+        chans = [windows[scored[j]].channel for j in rows]
+        rpm = np.array([windows[scored[j]].rpm for j in rows], dtype=np.float64)
+        anomaly = np.array([preds[j].anomaly_score for j in rows], dtype=np.float64)
+        confidence = np.array([max(preds[j].scores.values()) if preds[j].scores else np.nan for j in rows])
+        try:
+            return self.drift.observe(chans, rpm, sel, anomaly, confidence, latency)
+        except Exception:  # noqa: BLE001 - monitoring must never stop scoring
+            self.drift_errors += 1
+            log.exception("drift monitor failed on a batch (counted; scoring goes on)")
+            return []
+
+    def _commit_alert(self, msg: dict) -> None:
+        if msg["state"] == "open":
+            self.alerts_raised += 1
+            self.alerts_by_type[msg["type"]] += 1
+            log.warning("ALERT %s %s on %s: %s", msg["severity"], msg["type"], msg["channel"], msg["explanation"])
+        else:
+            self.alerts_cleared += 1
+            log.info("alert %s (%s) on %s cleared", msg["id"], msg["type"], msg["channel"])
+        self.outbox.commit("alert", msg)
+
     def _check_quality(self, windows: list[Window]) -> tuple[list[Window], list[str]]:
         """The windows with their quality flags set, and what is wrong with each ('' if
-        nothing). One vectorised check per length (the windower's is fixed)."""
+        nothing). One compiled check per length (the windower's is fixed), reading each
+        window's samples in place (no stacking copy)."""
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
             by_length.setdefault(len(w.samples), []).append(i)
@@ -295,7 +330,7 @@ class Agent:
         for idx in by_length.values():
             group = [windows[i] for i in idx]
             report = check_windows(
-                np.stack([w.samples for w in group]),
+                [w.samples for w in group],
                 np.array([w.fs for w in group]),
                 np.array([self._full_scale.get(w.channel, np.nan) for w in group]),
                 self.quality_limits,
@@ -340,18 +375,25 @@ class Agent:
     def summary(self) -> dict:
         labels = dict(self._summary_labels)
         self._summary_labels.clear()
+        drift_part, drift_msgs = self.drift.summarize()
+        for msg in drift_msgs:
+            self._commit_alert(msg)
         return {
             "schema": SUMMARY_SCHEMA,
             "time": time.time(),
             "interval_s": self.cfg.publish.summary_interval_s,
+            "site": self.cfg.device.site,
+            "device": self.cfg.device.id,
             "agent_version": __version__,
             "model_version": self.model.version,
             "windows_per_label": labels,
+            **drift_part,
             "data_quality": self.data_quality(),
             "dropped": {"samples_queue": self.samples.dropped},
             "evicted": dict(self.outbox.evicted),
             "errors": {
                 "processing": self.processing_errors,
+                "drift_monitor": self.drift_errors,
                 "bad_blocks": dict(self.bad_blocks),
                 "sources": dict(self.source_errors),
             },
@@ -409,7 +451,8 @@ class Agent:
                 "alerts_raised": self.alerts_raised,
                 "alerts_raised_by_type": dict(self.alerts_by_type),
                 "alerts_cleared": self.alerts_cleared,
-                "open_alerts": len(self.rules.open_alerts()) + len(self.quality_problems.open_alerts()),
+                "open_alerts": len(self.rules.open_alerts()) + len(self.quality_problems.open_alerts())
+                + len(self.drift.open_alerts()),
                 "processing_errors": self.processing_errors,
                 "bad_blocks": dict(self.bad_blocks),
                 "source_errors": dict(self.source_errors),

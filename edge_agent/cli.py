@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", metavar="FILE", help="config of the daemon to ask (default: its storage dir default)")
     status.add_argument("--json", action="store_true")
 
-    fleet = sub.add_parser("fleet", help="the operator's side of model updates")
+    fleet = sub.add_parser("fleet", help="the operator's side: model updates (#8) and the fleet's drift view")
     fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
     fleet_sub.required = True
     keygen = fleet_sub.add_parser("keygen", help="write NAME.key (private, 0600) and NAME.pub")
@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--mode", choices=("shadow", "activate"), default="shadow")
     push.add_argument("--canary", type=_positive_float, metavar="PERCENT")
     fleet_sub.add_parser("status", help="live table of devices")
+    from edge_agent.fleet_drift import add_drift_parser
+
+    add_drift_parser(fleet_sub)  # issue #6: the fleet side of the drift sketches
     return p
 
 
@@ -169,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     sub = getattr(args, f"{args.command}_command", None)
     what = f"{args.command} {sub}" if sub else args.command
+    if what == "fleet drift":  # landed (#6); the other fleet commands come with #8
+        from edge_agent.fleet_drift import run_fleet_drift
+
+        return run_fleet_drift(args)
     issue = NOT_YET.get(what) or NOT_YET.get(args.command)
     if issue:
         print(f"edge-agent {what}: not available yet; it lands with issue {issue}", file=sys.stderr)

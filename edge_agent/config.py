@@ -126,6 +126,29 @@ SCHEMA: dict[str, tuple[str, tuple[Key, ...]]] = {  # section: (doc, keys)
         Key("raise_after", int, 3, "Anomalous windows (of raise_window) to raise", 1, 1000),
         Key("raise_window", int, 5, "Windows looked back over; >= raise_after", 1, 1000),
         Key("clear_after", int, 10, "Normal windows in a row that clear it", 1, 100000))),
+    "drift": ("Drift monitoring (edge_agent/drift.py): per-feature quantile sketches per operating "
+              "regime, PSI and KS against the model pack's reference, score-drift detectors.", (
+        Key("enabled", bool, True, "Keep sketches, compute drift statistics and raise drift alerts"),
+        Key("k", int, 200, "KLL sketch size parameter (Apache DataSketches); 200 = ~1.65% rank error",
+            8, 65535),
+        Key("speed_bins_rpm", tuple, (0.0, 600.0, 1200.0, 1800.0, 2400.0, 3600.0),
+            "Shaft-speed bin edges of the operating regimes, rpm, increasing; beyond the last is one "
+            "more regime", rule=(lambda v: len(v) >= 1 and all(0 <= a < b for a, b in zip(v, v[1:]))
+                                 and v[0] >= 0, "increasing numbers >= 0")),
+        Key("min_windows", int, 200, "Windows a regime's drift is judged over: its last min_windows "
+            "windows (drift alerts), and the least an interval needs (summary statistics); PSI over "
+            "10 bins needs a few hundred", 100, 100000),
+        Key("judge_every", int, 50, "New windows of a regime between two judgements of its last "
+            "min_windows windows", 1, 100000),
+        Key("psi_warn", float, 0.1, "PSI at or above which a feature is reported as warn", 0.001, 100),
+        Key("psi_drift", float, 0.25, "PSI at or above which a feature has drifted (drift alert)",
+            0.001, 100),
+        Key("raise_after", int, 2, "Judgements with drift (of raise_window) that raise a drift alert",
+            1, 1000),
+        Key("raise_window", int, 3, "Judgements looked back over; >= raise_after", 1, 1000),
+        Key("clear_after", int, 8, "Judgements without drift in a row that clear it", 1, 100000),
+        Key("score_detectors", bool, True, "Page-Hinkley and ADWIN on the model's confidence and "
+            "anomaly score (their alarms are drift alerts)"))),
     "quality": ("Data-quality checks of every window before it is scored (edge_agent/quality.py).", (
         Key("action", str, "flag", "flag = score it, but no anomaly alert from it; drop = do not "
             "score it", choices=("flag", "drop")),
@@ -223,6 +246,7 @@ BearingConfig = _dataclass("BearingConfig", *SCHEMA["bearing"])
 FeaturesConfig = _dataclass("FeaturesConfig", *SCHEMA["features"])
 ModelConfig = _dataclass("ModelConfig", *SCHEMA["model"])
 AlertsConfig = _dataclass("AlertsConfig", *SCHEMA["alerts"])
+DriftConfig = _dataclass("DriftConfig", *SCHEMA["drift"])
 QualityConfig = _dataclass("QualityConfig", *SCHEMA["quality"])
 PublishConfig = _dataclass("PublishConfig", *SCHEMA["publish"])
 StorageConfig = _dataclass("StorageConfig", *SCHEMA["storage"])
@@ -249,6 +273,7 @@ class Config:
     features: FeaturesConfig
     model: ModelConfig
     alerts: AlertsConfig
+    drift: DriftConfig
     quality: QualityConfig
     publish: PublishConfig
     storage: StorageConfig
@@ -487,6 +512,8 @@ class _Checker:
                          f"not be readable by others: chmod 600 {secret}")
         for sec, low, high in (("broker", "reconnect_min_s", "reconnect_max_s"),
                                ("alerts", "raise_after", "raise_window"),
+                               ("drift", "raise_after", "raise_window"),
+                               ("drift", "psi_warn", "psi_drift"),
                                ("window", "hop", "length")):
             if {low, high} <= v[sec].keys() and v[sec][high] < v[sec][low]:
                 wrong, other, rel = (high, low, ">=") if sec != "window" else (low, high, "<=")

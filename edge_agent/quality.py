@@ -2,8 +2,9 @@
 
 A stuck, saturated or corrupted sensor produces windows that a model scores as wildly
 anomalous (or, worse, learns as normal). Every window is checked before scoring, all of a
-round's windows at once as one (windows x samples) numpy array; each window gets a set of
-flags (``Window.flags``), empty when it is sound:
+round's windows at once (one compiled pass per window, ext/quality.pyx; the NumPy version it
+must agree with exactly is edge_agent/reference_quality.py); each window gets a set of flags
+(``Window.flags``), empty when it is sound:
 
 ``nonfinite``
     NaN or Inf among the samples.
@@ -36,15 +37,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from edge_agent import native
+
+_native = native.load("quality")
+
 FLAGS = ("nonfinite", "flatline", "clipping", "out_of_range", "rate_mismatch")
 CLIP_LEVEL = 0.999  # of full scale: a sample this close to it counts as clipped
 RATE_TOLERANCE = 0.01  # relative
 ALERT_SCHEMA = 1
+# The flag set of each bit pattern (bit j = FLAGS[j]): one shared frozenset per combination.
+_FLAG_SETS = tuple(frozenset(f for j, f in enumerate(FLAGS) if code >> j & 1) for code in range(1 << len(FLAGS)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,45 +102,55 @@ class QualityReport:
 
 
 def check_windows(
-    samples: np.ndarray, fs: np.ndarray, full_scale: np.ndarray, limits: QualityLimits = QualityLimits()
+    samples: np.ndarray | Sequence[np.ndarray], fs: np.ndarray, full_scale: np.ndarray,
+    limits: QualityLimits = QualityLimits(),
 ) -> QualityReport:
     """Check a batch of equal-length windows.
 
-    ``samples``: (n_windows, length); ``fs``: (n_windows,) Hz; ``full_scale``:
-    (n_windows,) g, NaN where unknown. Vectorised: a handful of numpy passes over the batch.
+    ``samples``: (n_windows, length), as a 2-D array or as a list (or tuple) of the windows'
+    1-D sample arrays, read in place when C-contiguous float32 (no stacking copy); ``fs``:
+    (n_windows,) Hz; ``full_scale``: (n_windows,) g, NaN where unknown. The samples are
+    measured by a compiled loop (ext/quality.pyx, about one pass per window, GIL released);
+    the flags follow from those measures below. It must agree exactly, flags and figures,
+    with the NumPy implementation in edge_agent/reference_quality.py.
 
     >>> x = np.vstack([np.sin(np.arange(1024) / 5.0), np.full(1024, 0.3)])
     >>> check_windows(x, np.array([25600.0, 25600.0]), np.array([np.nan, np.nan])).flags
     [frozenset(), frozenset({'flatline'})]
     """
-    x = np.asarray(samples, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] < 2:
-        raise ValueError(f"expected (windows, samples) with at least 2 samples a window, got shape {x.shape}")
-    n, length = x.shape
+    if isinstance(samples, (list, tuple)):
+        x: Any = samples  # the kernel checks the rows (1-D, equal lengths, >= 2 samples)
+    else:
+        x = np.ascontiguousarray(samples, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] < 2:
+            raise ValueError(f"expected (windows, samples) with at least 2 samples a window, got shape {x.shape}")
+    n = len(x)
     fs = np.asarray(fs, dtype=np.float64).reshape(n)
     full_scale = np.asarray(full_scale, dtype=np.float64).reshape(n)
-    finite = np.isfinite(x)
-    nonfinite = length - finite.sum(axis=1)
-    if nonfinite.any():  # measure the rest on the finite samples only (NaN/Inf read as 0)
-        x = np.where(finite, x, np.float32(0))
-    hi, lo = x.max(axis=1), x.min(axis=1)
-    peak = np.maximum(np.abs(hi), np.abs(lo)).astype(np.float64)
-    ptp = (hi.astype(np.float64) - lo)
-    same = x[:, 1:] == x[:, :-1]  # sample equal to its predecessor
-    repeat = np.count_nonzero(same, axis=1) / (length - 1)
-    flatline = (ptp < limits.flatline_ptp_g) | (repeat >= limits.flatline_repeat)
 
     known = np.isfinite(full_scale) & (full_scale > 0)  # the frames' full scale
     if limits.max_abs_g > 0:
-        ref = np.where(known, full_scale, limits.max_abs_g)
+        given = np.where(known, full_scale, limits.max_abs_g)
         known = np.ones(n, dtype=bool)
     else:
-        ref = np.where(known, full_scale, peak)
-    near = np.abs(x) >= (CLIP_LEVEL * ref)[:, None].astype(np.float32)
-    # Against the window's own peak only flat tops count (at the peak *and* equal to the
-    # previous sample): a clipped waveform sits on the rail for runs of samples, while a
-    # sampled sine passes within 0.1% of its peak in ~3% of its samples, never repeating.
-    at_clip = np.where(known, np.count_nonzero(near, axis=1), np.count_nonzero(near[:, 1:] & same, axis=1))
+        given = np.where(known, full_scale, np.nan)  # NaN: the window's own peak (the kernel's)
+    # A sample is near the clip reference when |x| >= CLIP_LEVEL * reference (rounded to
+    # float32). Against the window's own peak only flat tops count (at the peak *and* equal
+    # to the previous sample): a clipped waveform sits on the rail for runs of samples, while
+    # a sampled sine passes within 0.1% of its peak in ~3% of its samples, never repeating.
+    level = (CLIP_LEVEL * given).astype(np.float32)
+    nonfinite = np.empty(n, dtype=np.intp)  # NaN/Inf samples; the rest measured with them read as 0
+    hi = np.empty(n, dtype=np.float32)
+    lo = np.empty(n, dtype=np.float32)
+    repeats = np.empty(n, dtype=np.intp)  # samples equal to their predecessor
+    at_clip = np.empty(n, dtype=np.intp)
+    length = _native.measure(x, level, CLIP_LEVEL, nonfinite, hi, lo, repeats, at_clip)
+
+    peak = np.maximum(np.abs(hi), np.abs(lo)).astype(np.float64)
+    ptp = (hi.astype(np.float64) - lo)
+    repeat = repeats / (length - 1)
+    flatline = (ptp < limits.flatline_ptp_g) | (repeat >= limits.flatline_repeat)
+    ref = np.where(known, given, peak)
     clipped = at_clip / length
     # With the window's own peak as reference, a flat window is "all at its peak": that is
     # a flatline, not clipping. Against a known full scale it is both (stuck at the rail).
@@ -140,13 +158,11 @@ def check_windows(
 
     limit = np.where(known, np.minimum(limits.range_g, ref * 1.001), limits.range_g)
     out_of_range = peak > limit
-    rate = np.zeros(n, dtype=bool)
+    code = (nonfinite > 0) | (flatline << 1) | (clipping << 2) | (out_of_range << 3)
     if limits.expected_fs > 0:
-        rate = np.abs(fs - limits.expected_fs) > RATE_TOLERANCE * limits.expected_fs
-
-    table = np.stack([nonfinite > 0, flatline, clipping, out_of_range, rate], axis=1)
-    flags = [frozenset(FLAGS[j] for j in np.flatnonzero(row)) if row.any() else frozenset() for row in table]
-    return QualityReport(nonfinite, ptp, repeat, clipped, ref.astype(np.float64), peak, fs, flags)
+        code |= (np.abs(fs - limits.expected_fs) > RATE_TOLERANCE * limits.expected_fs) << 4
+    flags = [_FLAG_SETS[c] for c in code.tolist()]
+    return QualityReport(nonfinite, ptp, repeat, clipped, ref, peak, fs, flags)
 
 
 def check_window(
