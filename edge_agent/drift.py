@@ -278,16 +278,28 @@ def evaluate(taken: dict[str, RegimeSketch], profile: Profile | None, th: DriftT
     return out
 
 
-def ks_values(live: np.ndarray, ref_feature: dict) -> float:
-    """KS distance of raw live values against a profile feature's reference CDF."""
+def ks_values(live: np.ndarray, ref_feature: dict, table: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    """KS distance of raw live values against a profile feature's reference CDF: the sup is
+    taken at the live values (both one-sided limits) and at the reference's quantiles.
+    ``table``: the reference CDF table from :func:`ref_table`, when judged repeatedly."""
     a = np.sort(np.asarray(live, dtype=np.float64))
-    ref_q = np.asarray(ref_feature.get("cdf") or ref_feature["edges"], dtype=np.float64)
-    ref_r = np.linspace(0.0, 1.0, len(ref_q))
-    pts = np.unique(np.concatenate([a, ref_q]))
-    f_ref = _ref_cdf(pts, ref_q, ref_r)
-    le = np.searchsorted(a, pts, side="right") / len(a)
-    lt = np.searchsorted(a, pts, side="left") / len(a)
-    return float(max(np.max(np.abs(le - f_ref)), np.max(np.abs(lt - f_ref))))
+    n = len(a)
+    uq, ur = table if table is not None else ref_table(ref_feature)
+    fr = np.interp(a, uq, ur, left=0.0, right=1.0)
+    i = np.arange(n)
+    d_live = max(float(np.max(np.abs((i + 1) / n - fr))), float(np.max(np.abs(i / n - fr))))
+    le = np.searchsorted(a, uq, side="right") / n
+    lt = np.searchsorted(a, uq, side="left") / n
+    d_ref = max(float(np.max(np.abs(le - ur))), float(np.max(np.abs(lt - ur))))
+    return max(d_live, d_ref)
+
+
+def ref_table(ref_feature: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The reference CDF as (increasing values, ranks) for np.interp (see _ref_cdf)."""
+    q = np.asarray(ref_feature.get("cdf") or ref_feature["edges"], dtype=np.float64)
+    r = np.linspace(0.0, 1.0, len(q))
+    uq, last = np.unique(q[::-1], return_index=True)
+    return uq, r[::-1][last]
 
 
 class RecentWindows:
@@ -300,6 +312,10 @@ class RecentWindows:
         self.names = [n for n in names if n in ref_feats]
         self.ref = ref_feats
         self.size, self.every = int(size), int(every)
+        # the reference's arrays, ready for the judgements (every `every` windows)
+        self._inner = [np.asarray(ref_feats[f]["edges"], dtype=np.float64)[1:-1] for f in self.names]
+        self._q = [np.maximum(np.asarray(ref_feats[f]["histogram"], dtype=np.float64), EPS) for f in self.names]
+        self._cdf = [ref_table(ref_feats[f]) for f in self.names]
         self.values = np.full((self.size, len(self.names)), np.nan)
         self.count = 0  # windows ever added
         self._since = 0
@@ -320,14 +336,18 @@ class RecentWindows:
         """PSI of every feature; KS (for the explanation) of those at warn or drift, or of
         all with ``ks_always`` (the summary's report): it is the costlier of the two."""
         stats, status = {}, "ok"
+        finite = np.isfinite(self.values)
+        all_finite = bool(finite.all())
         for j, f in enumerate(self.names):
-            col = self.values[:, j]
-            col = col[np.isfinite(col)]
+            col = self.values[:, j] if all_finite else self.values[finite[:, j], j]
             if len(col) == 0:
                 continue
-            p = psi_exact(col, self.ref[f])
+            counts = np.bincount(np.searchsorted(self._inner[j], col, side="right"), minlength=len(self._q[j]))
+            share = np.maximum(counts / len(col), EPS)
+            q = self._q[j]
+            p = float(np.sum((share - q) * np.log(share / q)))  # = psi_exact(col, ref)
             level = "drift" if p >= th.psi_drift else "warn" if p >= th.psi_warn else "ok"
-            k = ks_values(col, self.ref[f]) if ks_always or level != "ok" else None
+            k = ks_values(col, self.ref[f], self._cdf[j]) if ks_always or level != "ok" else None
             stats[f] = {"psi": round(p, 4), "ks": None if k is None else round(k, 4), "status": level}
             if level == "drift" or (level == "warn" and status == "ok"):
                 status = level

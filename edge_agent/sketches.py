@@ -103,8 +103,9 @@ class FeatureSketches:
         if len(x) == 0:
             return
         idx = self.regimes.index(rpm)
+        all_finite = bool(np.isfinite(x).all())
         for r in np.unique(idx).tolist():
-            rows = x[idx == r]
+            rows = x[idx == r] if len(idx) and (idx != r).any() else x
             reg = self._current.get(r)
             if reg is None:
                 edges = self._regime_bins.get(self.regimes.names[r], self.bins)
@@ -113,14 +114,16 @@ class FeatureSketches:
                     bin_counts={n: np.zeros(len(inner) + 1, np.int64) for n, inner in edges.items()},
                     bin_edges=edges)
             reg.windows += len(rows)
+            cols = np.ascontiguousarray(rows.T)  # one contiguous row per feature
             for j, name in enumerate(self.names):
-                col = rows[:, j]
-                good = np.isfinite(col)
-                if not good.all():
-                    self.nonfinite += int(len(col) - good.sum())
-                    col = col[good]
+                col = cols[j]
+                if not all_finite:
+                    good = np.isfinite(col)
+                    if not good.all():
+                        self.nonfinite += int(len(col) - good.sum())
+                        col = col[good]
                 if len(col):
-                    reg.sketches[name].update(np.ascontiguousarray(col))
+                    reg.sketches[name].update(col)
                     inner = reg.bin_edges.get(name)
                     if inner is not None:
                         idx_bin = np.searchsorted(inner, col.astype(np.float64), side="right")

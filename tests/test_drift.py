@@ -9,8 +9,8 @@ import pytest
 datasketches = pytest.importorskip("datasketches", reason="datasketches (a runtime dependency) is not installed")
 
 from edge_agent.drift import (  # noqa: E402
-    DriftAlerts, DriftThresholds, Profile, ProfileError, evaluate, ks_exact, ks_sketch, make_profile, psi_counts,
-    psi_exact, psi_sketch,
+    DriftAlerts, DriftThresholds, Profile, ProfileError, RecentWindows, evaluate, ks_exact, ks_sketch, ks_values,
+    make_profile, psi_counts, psi_exact, psi_sketch,
 )
 from edge_agent.sketches import FeatureSketches, Regimes, SketchDecodeError, decode_sketch, encode  # noqa: E402
 
@@ -124,6 +124,21 @@ def test_psi_and_ks_from_the_sketches_are_within_0_01_of_the_exact_values(case):
     # sketches a scenario, at most 0.02 off below PSI 0.25, but up to 0.38 at PSI 3 ("narrow")
     if p_exact < 1.0:
         assert abs(psi_sketch(reg.sketches["f"], feature) - p_exact) <= 0.03
+
+
+@pytest.mark.parametrize("case", list(_scenarios()), ids=lambda c: c[0])
+def test_psi_and_ks_of_the_recent_windows_match_the_exact_values(case):
+    """The recent-window judgement (raw values against the profile): PSI exact, KS within the
+    reference grid's resolution."""
+    _, ref, live = case
+    profile = make_profile(ref[:, None], ["f"])
+    recent = RecentWindows(["f"], profile["features"], size=min(len(live), 2000), every=1)
+    assert recent.add(live[:, None])
+    got = recent.judge(DriftThresholds(), ks_always=True)["features"]["f"]
+    kept = live[-recent.size:]
+    assert got["psi"] == pytest.approx(psi_exact(kept, profile["features"]["f"]), abs=1e-4)
+    assert abs(got["ks"] - ks_exact(kept, ref)) <= 0.01
+    assert ks_values(kept, profile["features"]["f"]) == pytest.approx(got["ks"], abs=1e-4)
 
 
 def _taken(values_by_regime):
