@@ -28,7 +28,7 @@ import os
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,12 @@ from edge_agent import __version__
 from edge_agent.alerts import AlertRules
 from edge_agent.baseline import BaselineModel, Prediction
 from edge_agent.bounded_queue import BoundedQueue
+from edge_agent.alert_log import EVIDENCE_WINDOWS, AlertLog, AlertLogError, Evidence
 from edge_agent.drift_monitor import DriftMonitor
 from edge_agent.errors import StartupError
 from edge_agent.features import FeatureExtractor, FeatureSpec
 from edge_agent.interpreter import NoInterpreterBackend, load_backend
-from edge_agent.outbox import MemoryOutbox
+from edge_agent.outbox import Outbox
 from edge_agent.pack import PackError
 from edge_agent.pack_scorer import PackAlertRules, PackScorer
 from edge_agent.quality import PersistentProblems, QualityCounts, QualityLimits, check_windows
@@ -90,7 +91,7 @@ class Agent:
             log.warning("%s", exc)
             self.backend = "none"
         self.samples: BoundedQueue[SampleBlock] = BoundedQueue("samples", cfg.queues.samples)
-        self.outbox = MemoryOutbox(int(cfg.storage.outbox_max_mb * 1024 * 1024))
+        self.outbox = Outbox(self.storage_dir, int(cfg.storage.outbox_max_mb * 1024 * 1024))
         self.sources = [make_source(s) for s in cfg.sources]
         scorer = None
         if cfg.model.pack:
@@ -122,6 +123,13 @@ class Agent:
                 model_version=self.model.version,
             )
         self.drift = DriftMonitor.for_model(cfg, self.model, self.extractor)
+        self._last_windows: dict[str, deque] = {}  # channel -> its last windows (alert evidence)
+        self.alert_log_errors = 0
+        try:
+            self.alert_log: AlertLog | None = AlertLog(self.storage_dir)
+        except AlertLogError as exc:
+            log.error("local alert log unavailable, alerts are still published: %s", exc)
+            self.alert_log = None
         self.quality_problems = PersistentProblems(
             cfg.quality.alert_after, cfg.quality.clear_after, self.model.version, cfg.quality.action
         )
@@ -240,6 +248,7 @@ class Agent:
             if now >= next_status:
                 next_status = now + self.cfg.publish.status_interval_s
                 self._write_status(state="running")
+                self.pump_acks()
 
     def process_blocks(self, blocks: list[SampleBlock]) -> list[WindowResult]:
         """Window, check, featurise, score and apply alert rules to a batch of blocks."""
@@ -270,6 +279,7 @@ class Agent:
             drift_msgs = self._observe_drift(windows, scored, feats, batch_preds, latency)
         results: list[WindowResult] = []
         for w, p, detail in zip(windows, preds, details):
+            self._last_windows.setdefault(w.channel, deque(maxlen=EVIDENCE_WINDOWS)).append(w)
             if w.flags:
                 self._log_quality(w, detail, scored=p is not None)
             self.quality.record(w.channel, w.flags, scored=p is not None)
@@ -309,7 +319,38 @@ class Agent:
             log.exception("drift monitor failed on a batch (counted; scoring goes on)")
             return []
 
+    def pump_acks(self) -> int:
+        """Hand the technicians' acknowledgements (``edge-agent alerts ack``, another process)
+        to the outbox, which publishes them on the ``ack`` topic when the link is up."""
+        if self.alert_log is None:
+            return 0
+        try:
+            acks = self.alert_log.unpublished_acks()
+            # marked only once on disk in the outbox (commit returns None while a write
+            # error holds it in memory: the next pump tries again)
+            done = [a["alert_id"] for a in acks if self.outbox.commit("ack", a) is not None]
+            self.alert_log.mark_published(done)
+            return len(done)
+        except Exception:  # noqa: BLE001 - the log is for technicians; scoring goes on
+            self.alert_log_errors += 1
+            log.exception("reading acknowledgements from the local alert log failed (counted)")
+            return 0
+
+    def _log_alert(self, msg: dict) -> None:
+        """Keep the alert, and for a raised one the evidence (its channel's last windows), in
+        the local alert log."""
+        if self.alert_log is None:
+            return
+        ev = [Evidence(w.samples, w.fs, w.rpm, w.t_start_us) for w in self._last_windows.get(msg.get("channel"), ())] \
+            if msg.get("state") == "open" else []
+        try:
+            self.alert_log.record(msg, ev)
+        except Exception:  # noqa: BLE001 - the outbox has it; the local copy failing is counted
+            self.alert_log_errors += 1
+            log.exception("writing alert %s to the local alert log failed (counted; it is still published)", msg.get("id"))
+
     def _commit_alert(self, msg: dict) -> None:
+        self._log_alert(msg)
         if msg["state"] == "open":
             self.alerts_raised += 1
             self.alerts_by_type[msg["type"]] += 1
@@ -394,6 +435,7 @@ class Agent:
             "errors": {
                 "processing": self.processing_errors,
                 "drift_monitor": self.drift_errors,
+                "alert_log": self.alert_log_errors,
                 "bad_blocks": dict(self.bad_blocks),
                 "sources": dict(self.source_errors),
             },

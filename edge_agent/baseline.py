@@ -13,6 +13,7 @@ model packs' anomaly score replaces this, through the same :class:`Prediction`.
 """
 from __future__ import annotations
 
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,7 @@ class Prediction:
     scores: dict[str, float] = field(default_factory=dict)
     # (feature, value, baseline mean) of the features that deviate most, for explanations
     top_deviations: tuple[tuple[str, float, float, float], ...] = ()
+    inputs: Any = None  # the model's input row (a pack's features, manifest order), for explanations
 
 
 @dataclass(slots=True)

@@ -19,7 +19,6 @@ EXIT_USAGE = 2
 
 NOT_YET = {
     "model verify": "#8 (signed packs and model updates)",
-    "alerts": "#7 (store-and-forward, alert engine and the local alert log)",
     "fleet": "#8 (model updates over MQTT and the fleet CLI)",
 }
 
@@ -130,9 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     ack.add_argument("id", metavar="ID")
     ack.add_argument("--by", required=True, metavar="NAME")
     ack.add_argument("--verdict", choices=("confirmed", "false_alarm"))
-    ack.add_argument("--config", metavar="FILE")
+    ack.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)  # before or after the subcommand
     export = alerts_sub.add_parser("export", help="write acknowledged alerts' evidence as labelled data")
-    export.add_argument("--config", metavar="FILE")
+    export.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    export.add_argument("--out", metavar="DIR", default="alert-evidence",
+                        help="directory for the .npz files and index.csv (default ./alert-evidence); "
+                             "models/build.py --evidence DIR reads it")
 
     status = sub.add_parser("status", help="health, model, backend, queue depth, counters")
     status.add_argument("--config", metavar="FILE", help="config of the daemon to ask (default: its storage dir default)")
@@ -180,6 +182,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if issue:
         print(f"edge-agent {what}: not available yet; it lands with issue {issue}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "alerts":
+        return cmd_alerts(args)
     if what == "model info":
         return cmd_model_info(args.pack, args.json)
     if args.command == "config":
@@ -260,6 +264,47 @@ def cmd_model_info(path: str, as_json: bool) -> int:
         print(f"member:     {name} sha256 {digest} ({len(pack.members[name])} bytes)")
     print(f"signature:  {'present (verify: edge-agent model verify)' if pack.signature else 'none (unsigned)'}")
     return EXIT_OK
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """``alerts [--open] [--json]``, ``alerts ack ID --by NAME [--verdict V]``, ``alerts export``:
+    the local alert log (edge_agent/alert_log.py), no broker or daemon needed."""
+    from edge_agent.alert_log import AlertLog, AlertLogError, as_json_rows, format_table
+    from edge_agent.config import default_config
+
+    config_path = getattr(args, "config", None)
+    cfg = _load_config_or_report(config_path) if config_path else default_config()
+    if cfg is None:
+        return EXIT_USAGE
+    sub = args.alerts_command
+    prog = f"edge-agent alerts{' ' + sub if sub else ''}"
+    try:
+        log_ = AlertLog(cfg.storage.dir, create=False)
+    except AlertLogError as exc:
+        if sub is None and not args.json:
+            print(f"no alerts ({exc})")
+            return EXIT_OK
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if sub == "ack":
+            done = log_.ack(args.id, args.by, args.verdict)
+            print(f"alert {done['alert_id']} acknowledged by {done['by']}"
+                  f"{' (' + done['verdict'] + ')' if done['verdict'] else ''}; the daemon sends it to the fleet "
+                  "when the link is up")
+            return EXIT_OK
+        if sub == "export":
+            rows = log_.export(args.out)
+            print(f"{len(rows)} acknowledged alert(s) with a verdict and evidence written to {args.out}/ (index.csv)")
+            return EXIT_OK
+        rows = log_.list(open_only=args.open)
+        print(as_json_rows(rows) if args.json else format_table(rows))
+        return EXIT_OK
+    except AlertLogError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        log_.close()
 
 
 def cmd_status(config_path: str | None, as_json: bool) -> int:

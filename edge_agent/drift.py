@@ -170,6 +170,14 @@ class Profile:
     population: str
     regimes: dict[str, tuple[float, float | None, dict[str, dict], list[str]]] = None  # name -> (lo, hi, features, monitored)
 
+    def reference_at(self, rpm: float) -> dict[str, dict]:
+        """The healthy reference at a shaft speed: the pack regime holding it (its monitored
+        features, with quantiles) over the whole reference (every feature, deciles)."""
+        for rlo, rhi, feats, _ in (self.regimes or {}).values():
+            if rlo <= rpm and (rhi is None or rpm < rhi):
+                return {**self.features, **feats}
+        return self.features
+
     def reference_for(self, lo: float, hi: float | None) -> tuple[str, dict[str, dict], list[str]]:
         """The reference for the agent's regime [lo, hi) rpm: the pack's regime that holds
         its middle speed, else the whole reference. Returns (which, features, monitored)."""

@@ -30,6 +30,7 @@ feature name, bad spec) is a :class:`edge_agent.pack.PackError` with one line.
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -40,10 +41,14 @@ import numpy as np
 from edge_agent.alerts import Hysteresis
 from edge_agent.baseline import Prediction
 from edge_agent.bearing import BearingGeometry
+from edge_agent.drift import Profile, ProfileError
+from edge_agent.explain import beyond_baseline, describe
 from edge_agent.features import FeatureExtractor, FeatureSpec
 from edge_agent.interpreter import NoInterpreterBackend
 from edge_agent.pack import PackError, read_pack
 from edge_agent.window import Window
+
+log = logging.getLogger(__name__)
 
 NORMAL = "normal"
 DEFAULT_LABEL_CONFIDENCE = 0.6
@@ -136,6 +141,11 @@ class PackScorer:
         self._mean = np.asarray(norm.get("mean", [0.0] * n), dtype=np.float64)
         self._std = np.asarray(norm.get("std", [1.0] * n), dtype=np.float64)
         self.backend = self.model.backend.describe()
+        try:  # the healthy reference of the explanations (and of drift.py)
+            self.profile = Profile.from_manifest(m.get("drift_profile"), list(self.model.feature_names))
+        except ProfileError as exc:
+            log.warning("%s: drift profile not usable (%s): explanations against the training mean", path, exc)
+            self.profile = None
 
     # -- the model stage ------------------------------------------------------------------------
     def select(self, features: np.ndarray) -> np.ndarray:
@@ -169,6 +179,7 @@ class PackScorer:
                 anomaly_score=anomaly[row],
                 scores=dict(zip(labels, probs[row])),
                 top_deviations=tuple(zip([names[j] for j in order[row]], dev_x[row], dev_mean[row], dev_z[row])),
+                inputs=x[row],
             ))
         return preds
 
@@ -205,9 +216,11 @@ class PackAlertRules:
     raise_window: int
     clear_after: int
     _hysteresis: Hysteresis | None = None
+    _types: set | None = None
 
     def __post_init__(self) -> None:
         self._hysteresis = Hysteresis(self.raise_after, self.raise_window, self.clear_after)
+        self._types: set[str] = set()  # alert types seen: each keeps its own history per channel
 
     @property
     def model_version(self) -> str:
@@ -221,7 +234,16 @@ class PackAlertRules:
         return self._hysteresis.open_alerts()
 
     def update(self, window: Window, pred: Prediction) -> list[dict]:
-        return self._hysteresis.step(window.channel, self.scorer.hit(pred), lambda kind: self._raised(window, pred, kind))
+        """One open alert per channel (the component) and type: each type's k-of-n runs on
+        its own (a window that hits ``inner_race`` is quiet for ``anomaly``)."""
+        hit = self.scorer.hit(pred)
+        if hit is not None:
+            self._types.add(hit)
+        msgs: list[dict] = []
+        for kind in sorted(self._types):
+            msgs += self._hysteresis.step(f"{window.channel}|{kind}", kind if hit == kind else None,
+                                          lambda k: self._raised(window, pred, k))
+        return msgs
 
     def _raised(self, window: Window, pred: Prediction, alert_type: str) -> dict:
         s = self.scorer
@@ -235,7 +257,13 @@ class PackAlertRules:
                 f"top class {pred.label} with probability {p:.2f}")
         explanation = (f"{what} on {window.channel} at {window.rpm:.0f} rpm, model {s.version}; "
                        f"anomaly score {pred.anomaly_score:.2f}")
-        if devs:
+        beyond = []
+        if s.profile is not None and pred.inputs is not None:
+            beyond = beyond_baseline(s.model.feature_names, pred.inputs, window.rpm, s.spec,
+                                     s.profile.reference_at(window.rpm))
+        if beyond:
+            explanation += f"; against healthy machines: {describe(beyond, window.rpm)}"
+        elif devs:
             explanation += f"; most deviating features: {devs}"
         return {
             "schema": SCHEMA,
@@ -252,5 +280,6 @@ class PackAlertRules:
             "rpm": round(window.rpm, 1),
             "window_t_start_us": window.t_start_us,
             "explanation": explanation,
+            "evidence_features": beyond,
             "model_version": s.version,
         }

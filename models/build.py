@@ -194,6 +194,38 @@ def drift_probe_machines(feats) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
+def evidence_windows(dirs: list[Path]) -> tuple[list[Window], list[int], dict[str, int]]:
+    """Labelled windows from the technicians' verdicts (`edge-agent alerts export`: an
+    index.csv of file, fs, rpm, label, verdict ... and one .npz per alert whose ``DE`` rows are
+    the windows that raised it). A confirmed alert's windows carry its label, a false alarm's
+    ``normal``; labels the model does not have (e.g. ``anomaly``, ``drift``) and unreadable
+    files are skipped and counted."""
+    windows, labels, skipped = [], [], {}
+    for d in dirs:
+        with open(d / "index.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            label = row.get("label", "")
+            if label not in LABELS:
+                skipped[f"label {label!r}"] = skipped.get(f"label {label!r}", 0) + 1
+                continue
+            try:
+                with np.load(d / Path(row["file"]).name) as z:
+                    de = np.atleast_2d(np.asarray(z["DE"], dtype=np.float32))
+                fs = float(row["fs"])
+                rpm = float(row["rpm"]) if row.get("rpm") not in (None, "", "None", "nan") else float("nan")
+            except (OSError, KeyError, ValueError) as exc:
+                skipped[type(exc).__name__] = skipped.get(type(exc).__name__, 0) + 1
+                continue
+            if not (np.isfinite(rpm) and rpm > 0 and fs > 0):
+                skipped["no speed"] = skipped.get("no speed", 0) + 1
+                continue
+            for x in de:
+                windows.append(win(x, fs, rpm))
+                labels.append(LABELS.index(label))
+    return windows, labels, skipped
+
+
 def lowpass_decimate(x: np.ndarray, q: int) -> np.ndarray:
     """Windowed-sinc FIR (cut-off 0.8 of the new Nyquist, 255 taps, Blackman), then every q-th sample."""
     taps = 255
@@ -351,6 +383,8 @@ def main() -> int:
     ap.add_argument("--report", default=str(ROOT / "models" / "REPORT.md"))
     ap.add_argument("--cwru", default=str(ROOT.parent / "shared" / "data" / "cwru"))
     ap.add_argument("--runtime-python", default=str(ROOT / ".venv" / "bin" / "python"))
+    ap.add_argument("--evidence", action="append", default=[], metavar="DIR",
+                    help="labelled evidence from `edge-agent alerts export` (index.csv + .npz); repeatable")
     args = ap.parse_args()
 
     import tensorflow as tf
@@ -387,13 +421,20 @@ def main() -> int:
                 np.concatenate(ys).astype(int) if ys else np.empty(0, int))
 
     cx, cy = stack(list(cf), "train")
-    x_raw = np.concatenate([ex, cx])
-    y = np.concatenate([ey, cy]).astype(int)
-    w = np.concatenate([np.ones(len(ex)), np.full(len(cx), CWRU_WEIGHT)])
+    vw, vy, v_skipped = evidence_windows([Path(d) for d in args.evidence])
+    vx = feats(vw)
+    if args.evidence:
+        log(f"evidence: {len(vw)} labelled windows from {args.evidence}; skipped: {v_skipped or 'none'}")
+    x_raw = np.concatenate([ex, cx, vx])
+    y = np.concatenate([ey, cy, np.asarray(vy, dtype=int)]).astype(int)
+    w = np.concatenate([np.ones(len(ex)), np.full(len(cx), CWRU_WEIGHT), np.full(len(vx), CWRU_WEIGHT)])
     assert np.all(np.isfinite(x_raw)) and np.all(x_raw > 0), "non-positive feature in the training set"
 
     g = np.log(x_raw)
-    mean, std = g.mean(axis=0), g.std(axis=0) + 1e-6
+    # rounded to 12 significant digits: NumPy's summation can differ in the last bit with the
+    # array's memory alignment, and the manifest (which carries them) must be byte-repeatable
+    mean = np.array([float(f"{v:.12g}") for v in g.mean(axis=0)])
+    std = np.array([float(f"{v:.12g}") for v in g.std(axis=0) + 1e-6])
     z = ((g - mean) / std).astype(np.float32)
 
     def healthy_stats(zz, yy):

@@ -61,8 +61,7 @@ def test_bad_arguments_are_one_line_exit_2(args, needle):
 
 @pytest.mark.parametrize(
     "args",
-    [["model", "verify", "a.pack"], ["alerts"], ["alerts", "ack", "1", "--by", "me"], ["alerts", "export"],
-     ["fleet", "keygen", "ops"], ["fleet", "status"]],
+    [["model", "verify", "a.pack"], ["fleet", "keygen", "ops"], ["fleet", "status"]],
 )
 def test_commands_not_landed_yet_say_which_issue(args):
     r = run_cli(*args)

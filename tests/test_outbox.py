@@ -1,26 +1,498 @@
+"""The persistent outbox (edge_agent/outbox.py): a real SQLite file in tmp_path in every test.
+
+Ordering, seq persistence across reopen, ack/delete, the eviction policy at the cap and its
+counts, the bound on the files, the unusable-file and failed-write paths, threads; and, with
+the real mosquitto and the real Publisher, delivery across a broker outage and an agent
+restart. The SIGKILL and real write-error tests are in test_outbox_crash.py."""
+from __future__ import annotations
+
+import faulthandler
 import json
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
 
-from edge_agent.outbox import MemoryOutbox
+import pytest
+
+from edge_agent.outbox import FILENAME, Outbox
 
 
-def test_seq_is_assigned_at_commit_and_items_stay_until_acked():
-    ob = MemoryOutbox(max_bytes=10_000)
+def seqs_in_db(path: Path) -> list[int]:
+    with sqlite3.connect(path / FILENAME) as c:
+        return [r[0] for r in c.execute("SELECT id FROM items ORDER BY id")]
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(os.stat(p).st_size for p in path.glob(FILENAME + "*") if ".corrupt-" not in p.name)
+
+
+def payloads(ob: Outbox, kind: str | None = None) -> list[dict]:
+    return [json.loads(i.payload) for i in ob.pending(10**6) if kind is None or i.kind == kind]
+
+
+# -- basics ---------------------------------------------------------------------------------------
+def test_seq_is_assigned_at_commit_and_items_stay_until_acked(tmp_path):
+    ob = Outbox(tmp_path, 10 << 20)
     seqs = [ob.commit("alert", {"n": i}) for i in range(3)]
     assert seqs == [1, 2, 3]
     items = ob.pending(10)
-    assert [json.loads(i.payload)["seq"] for i in items] == [1, 2, 3]
+    assert [json.loads(i.payload) for i in items] == [{"n": i, "seq": i + 1} for i in range(3)]
+    assert [i.id for i in items] == [i.seq for i in items] == [1, 2, 3]
     ob.ack(items[0].id)
     assert [i.seq for i in ob.pending(10)] == [2, 3]
     assert [i.seq for i in ob.pending(10, skip={items[1].id})] == [3]
-    assert ob.acked["alert"] == 1
+    assert [i.seq for i in ob.pending(1, skip={items[1].id})] == [3]
+    assert ob.acked["alert"] == 1 and ob.committed["alert"] == 3 and ob.depth() == 2
+    assert seqs_in_db(tmp_path) == [2, 3]  # deleted from the file, not only hidden
+    ob.ack(1)  # twice, or an id that was evicted meanwhile: ignored
+    ob.ack(999)
+    assert ob.acked["alert"] == 1 and seqs_in_db(tmp_path) == [2, 3]
+    ob.close()
 
 
-def test_eviction_takes_summaries_first_and_counts_them():
-    ob = MemoryOutbox(max_bytes=400)
-    ob.commit("alert", {"pad": "a" * 100})
-    for i in range(10):
-        ob.commit("summary", {"pad": "s" * 100, "i": i})
-    kinds = [i.kind for i in ob.pending(100)]
-    assert "alert" in kinds  # the alert survived
-    assert ob.size_bytes <= 400
-    assert ob.evicted["summary"] == 11 - len(kinds) and ob.evicted["alert"] == 0
+def test_commit_order_is_kept_across_kinds_and_each_topic_is_in_order(tmp_path):
+    ob = Outbox(tmp_path, 10 << 20)
+    kinds = ["alert", "summary", "alert", "ack", "summary", "alert", "alert", "summary"] * 5
+    for i, kind in enumerate(kinds):
+        assert ob.commit(kind, {"i": i}) == i + 1
+    items = ob.pending(1000)
+    assert [i.kind for i in items] == kinds
+    for kind in set(kinds):
+        got = [json.loads(i.payload)["i"] for i in items if i.kind == kind]
+        assert got == sorted(got) and len(got) == kinds.count(kind)
+    # the publisher's pattern: some in flight (skip), a window of 20
+    first = ob.pending(20)
+    nxt = ob.pending(20, skip={i.id for i in first})
+    assert [i.seq for i in first + nxt] == list(range(1, 41))
+    ob.close()
+
+
+def test_seq_and_counters_persist_across_reopen_without_gap(tmp_path):
+    ob = Outbox(tmp_path, 10 << 20)
+    for i in range(5):
+        ob.commit("alert" if i % 2 else "summary", {"i": i})
+    for item in ob.pending(2):
+        ob.ack(item.id)
+    ob.close()
+    ob = Outbox(tmp_path, 10 << 20)
+    assert [i.seq for i in ob.pending(10)] == [3, 4, 5]
+    assert ob.acked == Counter({"summary": 1, "alert": 1})
+    assert ob.commit("alert", {}) == 6
+    # not closed (a crash): the WAL holds the last commit; the next open recovers it
+    ob2 = Outbox(tmp_path, 10 << 20)
+    assert [i.seq for i in ob2.pending(10)] == [3, 4, 5, 6]
+    assert ob2.commit("summary", {}) == 7
+    ob.close()
+    ob2.close()
+    # every assigned seq is accounted for: still held, acked or evicted
+    ob = Outbox(tmp_path, 10 << 20)
+    assert ob.depth() + sum(ob.acked.values()) + sum(ob.evicted.values()) == 7
+    ob.close()
+
+
+def test_the_files_are_in_wal_mode_and_synced_fully(tmp_path):
+    ob = Outbox(tmp_path, 10 << 20)
+    ob.commit("alert", {})
+    c = ob._conn
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    ob.ack(1)
+    assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # restored after the NORMAL delete
+    assert c.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+    ob.close()
+
+
+# -- the cap ------------------------------------------------------------------------------------------
+def test_eviction_at_the_cap_thins_summaries_keeps_alerts_counts_and_bounds_the_files(tmp_path):
+    cap = 1 << 20
+    ob = Outbox(tmp_path, cap)
+    n = 600
+    biggest = 0
+    for i in range(n):
+        kind = "alert" if i % 6 == 0 else "summary"
+        ob.commit(kind, {"i": i, "pad": ("a" * 600) if kind == "alert" else ("s" * 6000)})
+        size = disk_bytes(tmp_path)
+        assert size == ob.size_bytes
+        biggest = max(biggest, size)
+    assert biggest <= cap, biggest  # after every commit: database + WAL + shm
+    alerts = payloads(ob, "alert")
+    summaries = payloads(ob, "summary")
+    assert [a["i"] for a in alerts] == list(range(0, n, 6))  # every alert survived
+    assert ob.evicted["alert"] == 0
+    assert ob.evicted["summary"] == n - n // 6 - len(summaries) > 0
+    # thinned, not cut: the kept summaries still span the whole run, evenly
+    kept = [s["i"] for s in summaries]
+    assert kept[0] < n // 10 and kept[-1] == n - 1
+    gaps = [b - a for a, b in zip(kept, kept[1:-1])]
+    assert max(gaps) <= 3 * (sum(gaps) / len(gaps)), kept
+    assert len(summaries) > 20
+    ob.close()
+    ob = Outbox(tmp_path, cap)  # the counts survive a restart
+    assert ob.evicted["summary"] == n - n // 6 - len(summaries)
+    ob.close()
+
+
+def test_alerts_are_evicted_only_when_nothing_else_is_left_oldest_first(tmp_path):
+    cap = 256 * 1024
+    ob = Outbox(tmp_path, cap)
+    ob.commit("summary", {"pad": "s" * 3000})
+    ob.commit("ack", {"alert_id": "x"})
+    n = 0
+    while ob.evicted["alert"] == 0:
+        ob.commit("alert", {"n": n, "pad": "a" * 2000})
+        n += 1
+        assert n < 1000
+    assert ob.evicted == Counter({"summary": 1, "ack": 1, "alert": 1})  # in that order
+    held = payloads(ob, "alert")
+    assert held[0]["n"] == 1 and held[-1]["n"] == n - 1  # the oldest alert went
+    # a summary into an outbox of alerts only is the one dropped
+    ob.commit("summary", {"pad": "s" * 3000})
+    assert ob.evicted["summary"] == 2 and payloads(ob, "summary") == []
+    assert [a["n"] for a in payloads(ob, "alert")][-1] == n - 1
+    assert ob.size_bytes <= cap
+    ob.close()
+
+
+def test_the_newest_message_is_kept_even_when_larger_than_the_cap(tmp_path, caplog):
+    cap = 200 * 1024
+    ob = Outbox(tmp_path, cap)
+    ob.commit("alert", {"pad": "a" * 1000})
+    with caplog.at_level(logging.WARNING, logger="edge_agent.outbox"):
+        seq = ob.commit("alert", {"pad": "a" * 400_000})
+    assert [i.seq for i in ob.pending(10)] == [seq]
+    assert ob.evicted == Counter({"alert": 1})
+    assert "larger than the budget" in caplog.text
+    ob.commit("alert", {"pad": "a" * 100})  # the big one goes, the file shrinks back
+    assert ob.size_bytes <= cap and ob.evicted == Counter({"alert": 2})
+    # a summary that big, with an alert there, is itself the one evicted
+    ob.commit("summary", {"pad": "s" * 400_000})
+    assert [i.kind for i in ob.pending(10)] == ["alert"] and ob.size_bytes <= cap
+    ob.close()
+
+
+def test_a_lower_cap_at_start_shrinks_the_outbox(tmp_path):
+    ob = Outbox(tmp_path, 8 << 20)
+    for i in range(400):
+        ob.commit("summary" if i % 4 else "alert", {"i": i, "pad": "x" * 8000})
+    ob.close()
+    assert disk_bytes(tmp_path) > 2 << 20
+    ob = Outbox(tmp_path, 1 << 20)
+    assert disk_bytes(tmp_path) <= 1 << 20
+    assert ob.evicted["alert"] == 0 and ob.evicted["summary"] > 0
+    assert len(payloads(ob, "alert")) == 100
+    ob.close()
+
+
+# -- unusable files ----------------------------------------------------------------------------------
+def _aside(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name)
+
+
+def test_a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_outbox_continues_seq(tmp_path, caplog):
+    ob = Outbox(tmp_path, 10 << 20)
+    for _ in range(5):
+        ob.commit("alert", {})
+    ob.close()
+    (tmp_path / FILENAME).write_bytes(b"this is not SQLite" * 500)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.outbox"):
+        ob = Outbox(tmp_path, 10 << 20)
+    lines = [r for r in caplog.records if r.name == "edge_agent.outbox"]
+    assert len(lines) == 1 and "moved aside" in lines[0].getMessage() and "fresh outbox" in lines[0].getMessage()
+    assert _aside(tmp_path) and _aside(tmp_path)[0].startswith(FILENAME + ".corrupt-")
+    assert ob.depth() == 0 and ob.resets == 1 and ob.evicted["corrupt_reset"] == 1
+    seq = ob.commit("alert", {})
+    assert seq > 5  # above every seq ever used: the fleet sees a gap, never a reused number
+    ob.close()
+    ob = Outbox(tmp_path, 10 << 20)  # the reset count survives a restart; seq goes on
+    assert ob.resets == 1 and ob.commit("alert", {}) == seq + 1
+    ob.close()
+
+
+def test_a_damaged_database_is_moved_aside(tmp_path, caplog):
+    ob = Outbox(tmp_path, 10 << 20)
+    for i in range(300):
+        ob.commit("summary", {"i": i, "pad": "x" * 3000})
+    ob.close()
+    path = tmp_path / FILENAME
+    with open(path, "r+b") as f:  # scribble over pages in the middle of the file
+        f.seek(path.stat().st_size // 2)
+        f.write(os.urandom(3 * 4096))
+    with caplog.at_level(logging.ERROR, logger="edge_agent.outbox"):
+        ob = Outbox(tmp_path, 10 << 20)
+    assert "moved aside" in caplog.text and ob.resets == 1 and ob.depth() == 0
+    assert ob.commit("alert", {}) > 300
+    ob.close()
+
+
+def test_an_unopenable_file_is_moved_aside(tmp_path):
+    (tmp_path / FILENAME).mkdir()  # e.g. a botched restore: something that is not a file
+    (tmp_path / FILENAME / "x").write_text("x")
+    ob = Outbox(tmp_path, 10 << 20)
+    assert ob.resets == 1 and ob.commit("alert", {}) >= 1
+    assert (tmp_path / _aside(tmp_path)[0] / "x").is_file()  # kept, for whoever looks
+    ob.close()
+
+
+def test_an_unknown_schema_is_moved_aside_and_only_two_aside_sets_are_kept(tmp_path):
+    for round_ in range(4):
+        with sqlite3.connect(tmp_path / FILENAME) as c:
+            c.execute("PRAGMA user_version = 99")
+            c.execute("CREATE TABLE IF NOT EXISTS something_else (x)")
+        ob = Outbox(tmp_path, 10 << 20)
+        assert ob.resets == round_ + 1
+        ob.close()
+        (tmp_path / FILENAME).unlink()
+        time.sleep(0.01)
+    assert len([n for n in _aside(tmp_path) if not n.endswith(("-wal", "-shm"))]) == 2
+
+
+def test_an_unwritable_storage_dir_is_a_startup_error_not_a_reset(tmp_path):
+    from edge_agent.errors import StartupError
+
+    ob = Outbox(tmp_path, 10 << 20)
+    ob.commit("alert", {})
+    ob.close()
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file modes")
+    os.chmod(tmp_path / FILENAME, 0o400)
+    os.chmod(tmp_path, 0o500)
+    try:
+        with pytest.raises(StartupError, match="outbox"):
+            Outbox(tmp_path, 10 << 20)
+    finally:
+        os.chmod(tmp_path, 0o700)
+        os.chmod(tmp_path / FILENAME, 0o600)
+    assert not _aside(tmp_path)
+
+
+# -- failed writes (simulated: the one place with a stand-in connection) ---------------------------
+class FullDisk:
+    """The real connection, except that while ``full`` every INSERT/DELETE fails as SQLite
+    fails on a full disk."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self.full = True
+
+    def execute(self, sql, *args):
+        if self.full and sql.lstrip().upper().startswith(("INSERT", "DELETE")):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_a_full_disk_is_logged_held_in_memory_and_committed_later_in_order(tmp_path, caplog):
+    ob = Outbox(tmp_path, 10 << 20)
+    assert [ob.commit("alert", {"n": n}) for n in range(3)] == [1, 2, 3]
+    real = ob._conn
+    ob._conn = disk = FullDisk(real)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.outbox"):
+        results = [ob.commit("summary" if n % 2 else "alert", {"n": n}) for n in range(3, 8)]
+        ob.ack(1)  # PUBACK while the disk is full: retried later; not handed out again meanwhile
+    assert results == [None] * 5
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "nothing committed is lost" in errors[0].getMessage()
+    assert ob.write_errors >= 6
+    assert [i.seq for i in ob.pending(10)] == [2, 3]  # committed ones intact, the acked one hidden
+    assert ob.depth() == 2 + 5
+    assert seqs_in_db(tmp_path) == [1, 2, 3]
+    disk.full = False  # room again: the next commit writes the held ones first, in order
+    assert ob.commit("alert", {"n": 8}) == 9
+    got = payloads(ob)
+    assert [m["n"] for m in got] == list(range(1, 9)) and [m["seq"] for m in got] == list(range(2, 10))
+    assert seqs_in_db(tmp_path) == list(range(2, 10)) and ob.acked["alert"] == 1
+    ob._conn = real
+    ob.close()
+
+
+def test_held_messages_are_bounded_by_meaning_and_counted(tmp_path, monkeypatch):
+    import edge_agent.outbox as outbox_mod
+
+    monkeypatch.setattr(outbox_mod, "HELD_MAX_ITEMS", 10)
+    ob = Outbox(tmp_path, 10 << 20)
+    ob._conn = disk = FullDisk(ob._conn)
+    for n in range(30):
+        ob.commit("alert" if n % 3 == 0 else "summary", {"n": n})
+    assert ob.evicted["summary"] == 20 and ob.evicted["alert"] == 0
+    disk.full = False
+    ob.commit("alert", {"n": 30})
+    assert [m["n"] for m in payloads(ob)] == list(range(0, 31, 3))
+    ob._conn = disk._conn
+    ob.close()
+    assert Outbox(tmp_path, 10 << 20).evicted["summary"] == 20  # saved once the disk took writes again
+
+
+def test_the_publisher_thread_retries_held_messages(tmp_path, monkeypatch):
+    import edge_agent.outbox as outbox_mod
+
+    monkeypatch.setattr(outbox_mod, "RETRY_EVERY_S", 0.0)
+    ob = Outbox(tmp_path, 10 << 20)
+    ob._conn = disk = FullDisk(ob._conn)
+    assert ob.commit("alert", {}) is None and ob.pending(10) == []
+    disk.full = False
+    ob.new_item.clear()
+    assert [i.seq for i in ob.pending(10)] == [1] and ob.new_item.is_set()
+    ob._conn = disk._conn
+    ob.close()
+
+
+def test_a_message_that_is_not_json_is_dropped_and_counted_not_raised(tmp_path, caplog):
+    ob = Outbox(tmp_path, 10 << 20)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.outbox"):
+        assert ob.commit("alert", {"x": object()}) is None
+    assert ob.bad_messages == 1 and "not JSON" in caplog.text
+    assert ob.commit("alert", {}) == 1  # no seq was used
+    ob.close()
+
+
+# -- threads ---------------------------------------------------------------------------------------------
+def test_commit_pending_and_ack_from_three_threads(tmp_path):
+    """Processing commits, the publisher thread reads, paho's thread acks, all at once."""
+    ob = Outbox(tmp_path, 10 << 20)
+    n = 600
+    inflight: dict[int, None] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def guard(fn):
+        def run():
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+        return run
+
+    def processing():
+        for i in range(n):
+            ob.commit("summary" if i % 4 else "alert", {"i": i})
+        done.set()
+
+    def publisher():
+        while not (done.is_set() and ob.depth() == 0):
+            with lock:
+                skip = set(inflight)
+            for item in ob.pending(20 - len(skip), skip):
+                with lock:
+                    inflight[item.id] = None
+            time.sleep(0.0005)
+
+    def network():
+        while not (done.is_set() and ob.depth() == 0):
+            with lock:
+                ids = list(inflight)[:5]
+                for i in ids:
+                    del inflight[i]
+            for i in ids:
+                ob.ack(i)
+            time.sleep(0.0003)
+
+    threads = [threading.Thread(target=guard(f)) for f in (processing, publisher, network)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert ob.depth() == 0 and sum(ob.acked.values()) == n and ob.committed == Counter({"summary": 450, "alert": 150})
+    assert ob.commit("alert", {}) == n + 1
+    ob.close()
+
+
+# -- delivery: the real Publisher, the real mosquitto --------------------------------------------------
+def _publisher(ob, broker):
+    from edge_agent.config import default_config
+    from edge_agent.publisher import Publisher
+    from edge_agent.topics import Topics
+
+    cfg = default_config(broker={"host": broker.host, "port": broker.port, "reconnect_min_s": 1.0,
+                                 "reconnect_max_s": 2.0})
+    topics = Topics(cfg.broker.topic_prefix, cfg.device.site, cfg.device.id)
+    pub = Publisher(cfg.broker, topics, ob, lambda: {"schema": 1, "state": "online"})
+    stop = threading.Event()
+    thread = threading.Thread(target=pub.run, args=(stop,), daemon=True)
+    thread.start()
+    return pub, stop, thread
+
+
+def _wait(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:  # say where every thread is (a stuck uplink shows here)
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.broker
+def test_messages_committed_during_a_broker_outage_and_an_agent_restart_all_arrive_in_order(
+        tmp_path, mosquitto, mqtt_subscriber):
+    sub = mqtt_subscriber(mosquitto, "pdm/+/+/+", clean_session=False, client_id="outbox-test-fleet")
+    state = tmp_path / "state"
+    ob = Outbox(state, 8 << 20)
+    pub, stop, thread = _publisher(ob, mosquitto)
+    assert pub.connected.wait(10)
+    kinds: list[str] = []
+
+    def commit_some(count):
+        for _ in range(count):
+            kind = "summary" if len(kinds) % 5 == 4 else "alert"
+            kinds.append(kind)
+            assert ob.commit(kind, {"schema": 1, "n": len(kinds), "pad": "p" * 300}) == len(kinds)
+
+    commit_some(10)
+    _wait(lambda: ob.depth() == 0, 10, "the first 10 were not acked")
+    # 1: the broker goes away mid-stream; the agent keeps committing
+    mosquitto.stop()
+    commit_some(150)
+    time.sleep(1.0)
+    commit_some(50)
+    assert ob.depth() >= 150
+    mosquitto.start()
+    _wait(lambda: ob.depth() == 0, 30, f"outbox not drained after the broker came back: {ob.depth()} left")
+    # 2: broker down again, and the agent restarts (outbox closed and reopened) meanwhile
+    mosquitto.stop()
+    commit_some(100)
+    stop.set()
+    thread.join(10)
+    ob.close()
+    ob = Outbox(state, 8 << 20)
+    assert ob.depth() >= 100
+    commit_some(20)
+    pub, stop, thread = _publisher(ob, mosquitto)
+    mosquitto.start()
+    _wait(lambda: ob.depth() == 0, 30, f"outbox not drained after the restart: {ob.depth()} left")
+    total = len(kinds)
+    _wait(lambda: len({json.loads(p)["seq"] for t, p, _ in sub.messages if not t.endswith("/status")}) >= total,
+          20, "the subscriber did not get everything")
+    stop.set()
+    thread.join(10)
+    ob.close()
+
+    by_topic: dict[str, list[dict]] = {}
+    for topic, payload, _ in sub.messages:
+        kind = topic.rsplit("/", 1)[-1]
+        if kind != "status":
+            by_topic.setdefault(kind, []).append(json.loads(payload))
+    seen: dict[int, dict] = {}
+    duplicates = 0
+    for kind, msgs in by_topic.items():
+        firsts = []
+        for m in msgs:
+            if m["seq"] in seen:
+                duplicates += 1
+                assert seen[m["seq"]] == m  # a resend, never another message under the same seq
+            else:
+                seen[m["seq"]] = m
+                firsts.append(m["seq"])
+        assert firsts == sorted(firsts), f"{kind} out of order"
+        assert all(kinds[s - 1] == kind for s in firsts)
+    assert sorted(seen) == list(range(1, total + 1))  # no gap
+    print(f"\n{total} messages through two outages and a restart; {duplicates} duplicates (QoS 1)")
+    assert duplicates <= 2 * 20  # at most what was in flight at each break
