@@ -132,22 +132,13 @@ def psi_sketch(sketch: Any, ref_feature: dict) -> float:
 
 def ks_sketch(sketch: Any, ref_feature: dict) -> float:
     """KS distance between a live KLL sketch and a profile feature's reference CDF."""
-    ref_q = np.asarray(ref_feature.get("cdf") or ref_feature["edges"], dtype=np.float64)
-    ref_r = np.linspace(0.0, 1.0, len(ref_q))
+    uq, ur = ref_table(ref_feature)
     live_q = np.asarray(sketch.get_quantiles(np.linspace(0.0, 1.0, CDF_POINTS).tolist()), dtype=np.float64)
-    pts = np.unique(np.concatenate([ref_q, live_q]).astype(np.float32)).astype(np.float64)
+    pts = np.unique(np.concatenate([uq, live_q]).astype(np.float32)).astype(np.float64)
     f_live_le = np.asarray(sketch.get_cdf(pts.astype(np.float32).tolist(), inclusive=True))[:-1]
     f_live_lt = np.asarray(sketch.get_cdf(pts.astype(np.float32).tolist(), inclusive=False))[:-1]
-    f_ref = _ref_cdf(pts, ref_q, ref_r)
+    f_ref = np.interp(pts, uq, ur, left=0.0, right=1.0)
     return float(max(np.max(np.abs(f_live_le - f_ref)), np.max(np.abs(f_live_lt - f_ref))))
-
-
-def _ref_cdf(x: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """The reference CDF at x from its quantile function (q at ranks r), linear between."""
-    # np.interp needs increasing xp: collapse equal quantiles to the highest rank they reach
-    uq, last = np.unique(q[::-1], return_index=True)
-    ur = r[::-1][last]
-    return np.interp(x, uq, ur, left=0.0, right=1.0)
 
 
 def ks_exact(live: np.ndarray, ref: np.ndarray) -> float:
@@ -303,7 +294,9 @@ def ks_values(live: np.ndarray, ref_feature: dict, table: tuple[np.ndarray, np.n
 
 
 def ref_table(ref_feature: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The reference CDF as (increasing values, ranks) for np.interp (see _ref_cdf)."""
+    """The reference CDF as (increasing values, ranks) for np.interp: its quantile function
+    inverted, linear between quantiles; equal quantiles collapse to the highest rank they
+    reach (np.interp needs increasing xp)."""
     q = np.asarray(ref_feature.get("cdf") or ref_feature["edges"], dtype=np.float64)
     r = np.linspace(0.0, 1.0, len(q))
     uq, last = np.unique(q[::-1], return_index=True)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edge_agent.drift import DriftAlerts, DriftThresholds, Profile, ProfileError, RecentWindows, evaluate
+from edge_agent.drift import DriftAlerts, DriftThresholds, Profile, RecentWindows, evaluate
 from edge_agent.sketches import FeatureSketches, Regimes, encode
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,10 @@ class DriftMonitor:
     def for_model(cls, cfg: Any, model: Any, extractor: Any) -> "DriftMonitor":
         """The monitor for a model: a pack's inputs and drift profile, or the baseline
         scorer's whole feature vector and no reference (sketches only)."""
-        manifest = getattr(getattr(model, "pack", None), "manifest", None)
-        if manifest is not None:
-            names = list(model.model.feature_names)
-            try:
-                profile = Profile.from_manifest(manifest.get("drift_profile"), names)
-            except ProfileError as exc:
-                log.warning("model %s: drift profile not usable (%s): sketches only, no drift statistics",
-                            model.version, exc)
-                profile = None
+        if getattr(model, "pack", None) is not None:  # a PackScorer: it parsed the profile at load
+            names, profile = list(model.model.feature_names), model.profile
+            if profile is None:
+                log.info("model %s has no usable drift profile: sketches only, no drift statistics", model.version)
         else:
             names, profile = list(extractor.names), None
         return cls(cfg, names, profile, model.version)
