@@ -36,14 +36,20 @@ from typing import Any
 import numpy as np
 
 from edge_agent import __version__
-from edge_agent.alerts import AlertRules
+from edge_agent.alerts import AlertRules, type_rules
 from edge_agent.baseline import BaselineModel, Prediction
 from edge_agent.bounded_queue import BoundedQueue
+from edge_agent.commands import KINDS as COMMAND_KINDS
+from edge_agent.commands import CommandError, parse_ack
 from edge_agent.alert_log import EVIDENCE_WINDOWS, AlertLog, AlertLogError, Evidence
 from edge_agent.drift_monitor import DriftMonitor
 from edge_agent.errors import StartupError
 from edge_agent.features import FeatureExtractor, FeatureSpec
 from edge_agent.interpreter import NoInterpreterBackend, load_backend
+from edge_agent.iso_zones import ZoneRules, parse_components
+from edge_agent.model_store import ModelStore
+from edge_agent.update_transfer import TransferError
+from edge_agent.updater import Updater
 from edge_agent.outbox import Outbox
 from edge_agent.pack import PackError
 from edge_agent.pack_scorer import PackAlertRules, PackScorer
@@ -90,15 +96,11 @@ class Agent:
         except (NoInterpreterBackend, ValueError) as exc:
             log.warning("%s", exc)
             self.backend = "none"
-        self.samples: BoundedQueue[SampleBlock] = BoundedQueue("samples", cfg.queues.samples)
+        self.samples: BoundedQueue[tuple[float, SampleBlock]] = BoundedQueue("samples", cfg.queues.samples)
         self.outbox = Outbox(self.storage_dir, int(cfg.storage.outbox_max_mb * 1024 * 1024))
         self.sources = [make_source(s) for s in cfg.sources]
-        scorer = None
-        if cfg.model.pack:
-            try:
-                scorer = PackScorer(cfg.model.pack, cfg)
-            except PackError as exc:
-                raise StartupError(f"model.pack: {exc}") from None
+        self.model_store = ModelStore(self.storage_dir / "models")
+        scorer, self.active_pack_path = self._startup_pack(cfg)
         if scorer is not None:
             self.windower = Windower(scorer.window_length, scorer.hop, cfg.shaft.rpm, scorer.window_reference_fs)
         else:
@@ -115,16 +117,23 @@ class Agent:
         else:
             self.extractor = FeatureExtractor(FeatureSpec.from_config(cfg))
             self.model = BaselineModel(cfg.model.baseline_windows, cfg.alerts.anomaly_threshold)
+            default, by_type = type_rules(cfg)
             self.rules = AlertRules(
-                raise_after=cfg.alerts.raise_after,
-                raise_window=cfg.alerts.raise_window,
-                clear_after=cfg.alerts.clear_after,
+                raise_after=default.raise_after,
+                raise_window=default.raise_window,
+                clear_after=default.clear_after,
                 threshold=cfg.alerts.anomaly_threshold,
                 model_version=self.model.version,
+                rules=by_type,
             )
+            self._check_rule_types(["anomaly"])
         self.drift = DriftMonitor.for_model(cfg, self.model, self.extractor)
+        self.zones = self._zone_rules(cfg)
+        self.zone_errors = 0
         self._last_windows: dict[str, deque] = {}  # channel -> its last windows (alert evidence)
         self.alert_log_errors = 0
+        self.commands_accepted: Counter[str] = Counter()
+        self.commands_refused: Counter[str] = Counter()
         try:
             self.alert_log: AlertLog | None = AlertLog(self.storage_dir)
         except AlertLogError as exc:
@@ -136,6 +145,9 @@ class Agent:
         self.publisher = (
             _publisher()(cfg.broker, self.topics, self.outbox, self._birth, qos=cfg.publish.qos) if cfg.broker.enabled else None
         )
+        self._connects_seen = 0
+        self._status_said: dict | None = None  # the retained status last sent by _refresh_status
+        self.updater = Updater(self, cfg, self.storage_dir, self._send_now) if self.publisher is not None else None
         self.started = time.time()
         self.labels: Counter[str] = Counter()
         self.alerts_raised = 0
@@ -148,6 +160,7 @@ class Agent:
         self.windows_total = 0
         self.windows_scored = 0
         self.feature_seconds = 0.0
+        self.alert_latency: deque[float] = deque(maxlen=1000)  # s, window complete -> alert committed
         self._summary_labels: Counter[str] = Counter()
         self._threads: list[threading.Thread] = []
         self._sources_running = len(self.sources)
@@ -156,11 +169,54 @@ class Agent:
         if not self.sources:
             self.sources_done.set()
 
+    def _zone_rules(self, cfg: Any) -> ZoneRules | None:
+        """ISO 10816-21 zone rules when ``[[iso_zone]]`` names components (docs/ISO10816.md);
+        an ``[[alert_rule]] type = "iso_zone"`` sets their k of n, severity or switches them off."""
+        self._zone_severity = "auto"
+        if not cfg.iso_zones:
+            return None
+        default, by_type = type_rules(cfg)
+        rule = by_type.get("iso_zone", default)
+        if not rule.enabled:
+            log.info("ISO 10816-21 zone rules configured but switched off ([[alert_rule]] iso_zone)")
+            return None
+        self._zone_severity = rule.severity
+        return ZoneRules(parse_components(cfg.iso_zones), rule.raise_after, rule.raise_window,
+                         rule.clear_after, self.model.version)
+
+    def _judge_zones(self, windows: list[Window], completed: list[float]) -> list[dict]:
+        """The zone rules' alerts for a batch (after the quality checks set the flags)."""
+        if self.zones is None:
+            return []
+        try:
+            msgs = self.zones.update_batch(windows)
+        except Exception:  # noqa: BLE001 - an optional rule set must never stop scoring
+            self.zone_errors += 1
+            log.exception("ISO 10816-21 zone rules failed on a batch (counted; scoring goes on)")
+            return []
+        done = {(w.channel, w.t_start_us): t for w, t in zip(windows, completed)}
+        for m in msgs:
+            if m["state"] == "open" and self._zone_severity != "auto":
+                m["severity"] = self._zone_severity
+            if (t := done.get((m.get("channel"), m.get("window_t_start_us")))) is not None:
+                m["window_completed_at"] = round(t, 6)
+        return msgs
+
     # -- the model ------------------------------------------------------------------------------
     def _use_pack(self, scorer: PackScorer) -> None:
         self.extractor = scorer.extractor
         self.model = scorer
         self.rules = scorer.rules(self.cfg)
+        self._check_rule_types([*scorer.labels, "anomaly"])
+
+    def _check_rule_types(self, types: list[str]) -> None:
+        """A [[alert_rule]] for a type this model never raises is kept (another pack may),
+        but said once at load."""
+        unused = [r.type for r in self.cfg.alert_rules if r.type not in types]
+        if unused:
+            log.warning("alert_rule for %s: model %s raises no such alert type (it raises %s); "
+                        "the rule waits for a model that does", ", ".join(unused), self.model.version,
+                        ", ".join(t for t in types if t != "normal"))
 
     def load_pack(self, path: str) -> str | None:
         """Switch to the model pack at ``path``; return None when done, else the reason it
@@ -173,14 +229,44 @@ class Agent:
         except PackError as exc:
             log.error("model pack refused, keeping %s: %s", self.model.version, exc)
             return str(exc)
+        self.use_scorer(scorer, path)
+        return None
+
+    def use_scorer(self, scorer: PackScorer, path: str) -> None:
+        """Switch to an already loaded and checked pack (``load_pack``, or a verified update)."""
         if ((scorer.window_length, scorer.hop, scorer.window_reference_fs)
                 != (self.windower.length, self.windower.hop, self.windower.reference_fs)):
             self.windower = Windower(scorer.window_length, scorer.hop, self.cfg.shaft.rpm, scorer.window_reference_fs)
         self._use_pack(scorer)
         self.drift = DriftMonitor.for_model(self.cfg, scorer, self.extractor)  # a new interval, new reference
         self.quality_problems.model_version = scorer.version
+        if self.zones is not None:
+            self.zones.model_version = scorer.version
+        self.active_pack_path = path
         log.info("model pack %s loaded: %s on %s", path, scorer.version, scorer.backend)
-        return None
+
+    def _startup_pack(self, cfg: Any) -> tuple[PackScorer | None, str]:
+        """The pack to start with: the one a model update activated (``models/current``),
+        else the one before it when that fails to load, else ``[model] pack`` (a pack there
+        that does not load stops start-up), else none (the built-in baseline)."""
+        try:
+            self.model_store.recover()
+        except OSError as exc:
+            log.error("model store %s: %s", self.model_store.dir, exc)
+        for what, path in (("activated by an update", self.model_store.current()),
+                           ("kept from before the last update", self.model_store.previous())):
+            if path is None:
+                continue
+            try:
+                return PackScorer(str(path), cfg), str(path)
+            except PackError as exc:
+                log.error("model pack %s (%s) does not load: %s", path, what, exc)
+        if cfg.model.pack:
+            try:
+                return PackScorer(cfg.model.pack, cfg), cfg.model.pack
+            except PackError as exc:
+                raise StartupError(f"model.pack: {exc}") from None
+        return None, ""
 
     # -- life cycle -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -212,11 +298,14 @@ class Agent:
         self._threads.append(t)
 
     def _run_source(self, src, stop: threading.Event) -> None:
+        # Each block travels with the time it reached the agent: a window is complete when
+        # its last block has arrived, and alert latency is measured from there.
         if getattr(src, "wants_waiting_emit", False):
             def emit(block: SampleBlock) -> bool:
-                return self.samples.put_until(block, stop)
+                return self.samples.put_until((time.time(), block), stop)
         else:
-            emit = self.samples.offer
+            def emit(block: SampleBlock) -> bool:
+                return self.samples.offer((time.time(), block))
         try:
             src.run(emit, stop)
         except Exception:
@@ -235,27 +324,42 @@ class Agent:
         while not stop.is_set():
             first = self.samples.get(timeout=0.1)
             if first is not None:
-                blocks = [first, *self.samples.drain(BATCH_BLOCKS - 1)]
+                items = [first, *self.samples.drain(BATCH_BLOCKS - 1)]
+                blocks = [b for _, b in items]
                 try:
-                    self.process_blocks(blocks)
+                    self.process_blocks(blocks, [t for t, _ in items])
                 except Exception:
                     self.processing_errors += 1
                     log.exception("processing a batch of %d blocks failed; skipped", len(blocks))
+                    if self.updater is not None:
+                        self.updater.error()
             now = time.monotonic()
             if now >= next_summary:
                 next_summary = now + self.cfg.publish.summary_interval_s
                 self.outbox.commit("summary", self.summary())
+            if self.publisher is not None and self.publisher.commands:
+                self.pump_commands()
+            if self.updater is not None:
+                self._tick_updater()
             if now >= next_status:
                 next_status = now + self.cfg.publish.status_interval_s
                 self._write_status(state="running")
+                self._refresh_status()
                 self.pump_acks()
 
-    def process_blocks(self, blocks: list[SampleBlock]) -> list[WindowResult]:
-        """Window, check, featurise, score and apply alert rules to a batch of blocks."""
+    def process_blocks(self, blocks: list[SampleBlock], arrived: list[float] | None = None) -> list[WindowResult]:
+        """Window, check, featurise, score and apply alert rules to a batch of blocks.
+        ``arrived``: each block's arrival time (time.time()); a window is complete when the
+        block that completed it arrived (default: now). Alerts carry it as
+        ``window_completed_at``, and the agent keeps the latency to their commit."""
         windows: list[Window] = []
-        for b in blocks:
+        completed: list[float] = []
+        now = time.time()
+        for j, b in enumerate(blocks):
             try:
-                windows.extend(self.windower.push(b))
+                made = self.windower.push(b)
+                windows.extend(made)
+                completed.extend([arrived[j] if arrived is not None else now] * len(made))
             except ValueError as exc:
                 self.bad_blocks[b.channel] += 1
                 log.warning("bad sample block dropped: %s", exc)
@@ -277,8 +381,10 @@ class Agent:
             for i, p in zip(scored, batch_preds):
                 preds[i] = p
             drift_msgs = self._observe_drift(windows, scored, feats, batch_preds, latency)
+            if self.updater is not None:
+                self._observe_update([windows[i] for i in scored], batch_preds, latency)
         results: list[WindowResult] = []
-        for w, p, detail in zip(windows, preds, details):
+        for w, p, detail, done in zip(windows, preds, details, completed):
             self._last_windows.setdefault(w.channel, deque(maxlen=EVIDENCE_WINDOWS)).append(w)
             if w.flags:
                 self._log_quality(w, detail, scored=p is not None)
@@ -290,16 +396,27 @@ class Agent:
                 if not w.flags:  # a flagged window never raises (nor clears) an anomaly alert
                     messages += self.rules.update(w, p)
             for msg in messages:
+                msg["window_completed_at"] = round(done, 6)
                 self._commit_alert(msg)
             results.append(WindowResult(w, p, tuple(messages)))
-        for msg in drift_msgs:
+        # the zone rules' and score detectors' alerts: judged over the batch, reported with its last window
+        batch_msgs = self._judge_zones(windows, completed) + drift_msgs
+        for msg in batch_msgs:
             self._commit_alert(msg)
-        if drift_msgs:  # the score detectors' alarms: with the batch's last window
+        if batch_msgs:
             last = results[-1]
-            results[-1] = WindowResult(last.window, last.prediction, last.alerts + tuple(drift_msgs))
+            results[-1] = WindowResult(last.window, last.prediction, last.alerts + tuple(batch_msgs))
         self.windows_total += len(windows)
         self.windows_scored += len(scored)
         return results
+
+    def _observe_update(self, windows: list[Window], preds: list[Prediction], latency: float) -> None:
+        """Shadow gate and health check of a model update see every scored batch."""
+        try:
+            self.updater.observe(windows, preds, latency)
+        except Exception:  # noqa: BLE001 - an update's judging must never stop scoring
+            self.commands_refused["model_internal"] += 1
+            log.exception("model update judging failed on a batch (counted)")
 
     def _observe_drift(self, windows, scored, feats, preds, latency: float) -> list[dict]:
         """Feed the drift monitor the scored windows without quality flags (and that are not
@@ -336,6 +453,70 @@ class Agent:
             log.exception("reading acknowledgements from the local alert log failed (counted)")
             return 0
 
+    def pump_commands(self) -> int:
+        """Act on the fleet's commands (publisher.commands, cmd/... topics): each is checked
+        (commands.py); a refused one is counted by reason and logged, and changes nothing.
+        An accepted ack is recorded in the local alert log and confirmed on the ack topic."""
+        done = 0
+        while self.publisher is not None and self.publisher.commands:
+            topic, payload = self.publisher.commands.popleft()
+            if topic.startswith("model/"):
+                self._model_message(topic, payload)
+                continue
+            kind = topic.removeprefix("cmd/")
+            try:
+                if kind != "ack":
+                    raise CommandError("unknown", f"unknown command cmd/{kind[:64]!r}; known: "
+                                       + ", ".join(f"cmd/{k}" for k in COMMAND_KINDS))
+                cmd = parse_ack(payload)
+                if self.alert_log is None:
+                    raise CommandError("unavailable", "the local alert log is unavailable")
+                try:
+                    self.alert_log.ack(cmd.alert_id, cmd.by, cmd.verdict, origin="fleet")
+                except AlertLogError as exc:
+                    raise CommandError("unknown_alert", str(exc)) from None
+            except CommandError as exc:
+                self.commands_refused[exc.reason] += 1
+                log.warning("command cmd/%s from the fleet refused (%s): %s", kind[:64], exc.reason, exc)
+                continue
+            except Exception:  # noqa: BLE001 - a bad command must never stop processing
+                self.commands_refused["internal"] += 1
+                log.exception("command cmd/%s failed (counted)", kind[:64])
+                continue
+            self.commands_accepted[kind] += 1
+            done += 1
+            log.info("alert %s acknowledged from the fleet by %s (%s)", cmd.alert_id, cmd.by, cmd.verdict or "no verdict")
+        if done:
+            self.pump_acks()  # the confirmation goes out now, not at the next status interval
+        return done
+
+    def _tick_updater(self) -> None:
+        try:
+            if self.publisher.connects != self._connects_seen and self.publisher.connected.is_set():
+                self._connects_seen = self.publisher.connects
+                self.updater.on_connect()
+            self.updater.tick()
+        except Exception:  # noqa: BLE001 - counted; processing goes on
+            self.commands_refused["model_internal"] += 1
+            log.exception("model updater failed (counted)")
+
+    def _model_message(self, topic: str, payload: bytes) -> None:
+        """A model-update message (model/offer, model/chunk/...) for the updater."""
+        if self.updater is None:
+            return
+        try:
+            self.updater.handle(topic, payload)
+        except TransferError as exc:
+            self.commands_refused[f"model_{exc.reason}"] += 1
+            log.warning("model update message on %s refused (%s): %s", topic[:80], exc.reason, exc)
+        except Exception:  # noqa: BLE001 - a bad update must never stop processing
+            self.commands_refused["model_internal"] += 1
+            log.exception("model update message on %s failed (counted)", topic[:80])
+
+    def _send_now(self, kind: str, payload: dict, retain: bool) -> None:
+        if self.publisher is not None:
+            self.publisher.send_now(kind, payload, retain)
+
     def _log_alert(self, msg: dict) -> None:
         """Keep the alert, and for a raised one the evidence (its channel's last windows), in
         the local alert log."""
@@ -359,6 +540,8 @@ class Agent:
             self.alerts_cleared += 1
             log.info("alert %s (%s) on %s cleared", msg["id"], msg["type"], msg["channel"])
         self.outbox.commit("alert", msg)
+        if msg["state"] == "open" and "window_completed_at" in msg:
+            self.alert_latency.append(time.time() - msg["window_completed_at"])
 
     def _check_quality(self, windows: list[Window]) -> tuple[list[Window], list[str]]:
         """The windows with their quality flags set, and what is wrong with each ('' if
@@ -411,7 +594,30 @@ class Agent:
             "model": self.model.version,
             "backend": self.backend,
             "host": socket.gethostname(),
+            "site": self.cfg.device.site,
+            "device": self.cfg.device.id,
+            "group": self.cfg.device.group,
+            "update": updater.status()["state"] if (updater := getattr(self, "updater", None)) is not None else "disabled",
+            "open_alerts": self._open_alerts(),
         }
+
+    def _open_alerts(self) -> int:
+        """Alerts open now, of every kind (model rules, data quality, drift, ISO zones)."""
+        if not hasattr(self, "rules"):
+            return 0
+        return (len(self.rules.open_alerts()) + len(self.quality_problems.open_alerts())
+                + len(self.drift.open_alerts()) + (len(self.zones.open_alerts()) if self.zones else 0))
+
+    def _refresh_status(self) -> None:
+        """Re-send the retained ``status`` when what it says changed since it was last sent
+        (the model after an update, the open-alert count, the update state), so
+        ``fleet status`` shows the device as it is now, not as it was at connect."""
+        if self.publisher is None or not self.publisher.connected.is_set():
+            return
+        birth = self._birth()
+        said = {k: v for k, v in birth.items() if k != "time"}
+        if said != self._status_said and self.publisher.send_now("status", birth, retain=True):
+            self._status_said = said
 
     def summary(self) -> dict:
         labels = dict(self._summary_labels)
@@ -432,14 +638,29 @@ class Agent:
             "data_quality": self.data_quality(),
             "dropped": {"samples_queue": self.samples.dropped},
             "evicted": dict(self.outbox.evicted),
+            "alerts": {"raised": self.alerts_raised, "cleared": self.alerts_cleared,
+                       "latency_ms": self._alert_latency_ms()},
+            "uplink": self._uplink_summary(),
+            "commands": self._command_counters(),
             "errors": {
                 "processing": self.processing_errors,
                 "drift_monitor": self.drift_errors,
+                "iso_zones": self.zone_errors,
                 "alert_log": self.alert_log_errors,
                 "bad_blocks": dict(self.bad_blocks),
                 "sources": dict(self.source_errors),
             },
         }
+
+    def _command_counters(self) -> dict:
+        return {"accepted": dict(self.commands_accepted), "refused": dict(self.commands_refused),
+                "dropped": self.publisher.commands_dropped if self.publisher is not None else 0}
+
+    def _uplink_summary(self) -> dict:
+        """The link's story since start, for the fleet: reconnects and why it failed."""
+        b = self._broker_counters()
+        return {k: b[k] for k in ("connects", "disconnects", "failures_by_reason", "last_disconnect",
+                                  "last_error") if k in b}
 
     def data_quality(self) -> dict:
         """Data-quality counters, cumulative since start (per channel unless said)."""
@@ -464,8 +685,29 @@ class Agent:
             log.exception("counters of source %s failed", src.name)
             return {}
 
+    def _broker_counters(self) -> dict:
+        """The uplink's health (publisher.counters()): connected, reconnects, failures by
+        reason, the last error and when the next attempt is."""
+        if self.publisher is None:
+            return {"enabled": False, "address": f"{self.cfg.broker.host}:{self.cfg.broker.port}",
+                    "connected": False, "connects": 0, "published": 0}
+        try:
+            return {"enabled": True, **self.publisher.counters()}
+        except Exception:  # noqa: BLE001 - reporting must not fail because of the uplink
+            log.exception("publisher counters failed")
+            return {"enabled": True}
+
+    def _alert_latency_ms(self) -> dict:
+        """From a window's completion (its last block reached the agent) to its alert being
+        committed to the outbox, over the last 1000 raised alerts."""
+        lat = np.asarray(self.alert_latency, dtype=np.float64) * 1e3
+        if not len(lat):
+            return {"alerts": 0}
+        p50, p99 = np.percentile(lat, [50, 99])
+        return {"alerts": int(len(lat)), "p50": round(float(p50), 2), "p99": round(float(p99), 2),
+                "max": round(float(lat.max()), 2)}
+
     def snapshot(self, state: str = "running") -> dict:
-        pub = self.publisher
         return {
             "schema": 1,
             "state": state,
@@ -475,13 +717,7 @@ class Agent:
             "device": self.topics.base,
             "model": self.model.version,
             "backend": self.backend,
-            "broker": {
-                "enabled": pub is not None,
-                "address": f"{self.cfg.broker.host}:{self.cfg.broker.port}",
-                "connected": bool(pub and pub.connected.is_set()),
-                "connects": pub.connects if pub else 0,
-                "published": pub.published if pub else 0,
-            },
+            "broker": self._broker_counters(),
             "queues": {
                 "samples": {"depth": self.samples.qsize(), "max": self.samples.maxsize, "dropped": self.samples.dropped},
                 "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.size_bytes, "evicted": dict(self.outbox.evicted)},
@@ -493,15 +729,19 @@ class Agent:
                 "alerts_raised": self.alerts_raised,
                 "alerts_raised_by_type": dict(self.alerts_by_type),
                 "alerts_cleared": self.alerts_cleared,
-                "open_alerts": len(self.rules.open_alerts()) + len(self.quality_problems.open_alerts())
-                + len(self.drift.open_alerts()),
+                "alert_latency_ms": self._alert_latency_ms(),
+                "open_alerts": self._open_alerts(),
                 "processing_errors": self.processing_errors,
                 "bad_blocks": dict(self.bad_blocks),
                 "source_errors": dict(self.source_errors),
                 "gaps": dict(self.windower.gaps),
+                "commands": self._command_counters(),
             },
             "sources": {s.name: self._source_counters(s) for s in self.sources},
             "data_quality": self.data_quality(),
+            "updates": self.updater.status() if self.updater is not None else None,
+            "iso_zones": {"components": dict(self.zones.components), "skipped": self.zones.skipped()}
+            if self.zones is not None else None,
         }
 
     def _write_status(self, state: str) -> None:

@@ -14,8 +14,9 @@ short lock). Tables:
   ``EVIDENCE_WINDOWS`` per alert; the whole table bounded by ``evidence_max_mb`` (the oldest
   evidence of cleared alerts goes first, then the oldest of any; counted);
 * ``acks``: who acknowledged which alert, when, with which verdict (``confirmed`` /
-  ``false_alarm``), and whether the daemon has handed it to the outbox yet (the fleet learns
-  it when the link returns).
+  ``false_alarm``), where (``origin``: ``local``, the CLI on site, or ``fleet``, the
+  ``cmd/ack`` topic: commands.py), and whether the daemon has handed it to the outbox yet
+  (the fleet learns it when the link returns).
 
 A verdict plus evidence is labelled data: ``export`` writes it for the build pipeline
 (models/build.py ``--evidence DIR``): one ``.npz`` per acknowledged alert (``DE`` = its
@@ -39,6 +40,7 @@ import numpy as np
 FILE_NAME = "alerts.sqlite3"
 EVIDENCE_WINDOWS = 8
 VERDICTS = ("confirmed", "false_alarm")
+ORIGINS = ("local", "fleet")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY, opened_at REAL NOT NULL, cleared_at REAL, state TEXT NOT NULL,
@@ -49,7 +51,7 @@ CREATE TABLE IF NOT EXISTS evidence (
     rpm REAL, samples BLOB NOT NULL, PRIMARY KEY (alert_id, idx));
 CREATE TABLE IF NOT EXISTS acks (
     alert_id TEXT PRIMARY KEY, by TEXT NOT NULL, verdict TEXT, time REAL NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0);
+    published INTEGER NOT NULL DEFAULT 0, origin TEXT NOT NULL DEFAULT 'local');
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -78,8 +80,15 @@ class AlertLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise AlertLogError(f"alert log {self.path}: {exc}") from None
+
+    def _migrate(self) -> None:
+        """Columns added since a log was created: ``acks.origin`` (agent 0.1, issue #7)."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(acks)")}
+        if "origin" not in columns:
+            self._db.execute("ALTER TABLE acks ADD COLUMN origin TEXT NOT NULL DEFAULT 'local'")
 
     def close(self) -> None:
         self._db.close()
@@ -126,10 +135,10 @@ class AlertLog:
         """Acknowledgements not yet handed to the outbox, oldest first, as ack messages."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT k.alert_id, k.by, k.verdict, k.time, a.type, a.label, a.channel, a.model_version "
+                "SELECT k.alert_id, k.by, k.verdict, k.time, a.type, a.label, a.channel, a.model_version, k.origin "
                 "FROM acks k LEFT JOIN alerts a ON a.id = k.alert_id WHERE k.published = 0 ORDER BY k.time").fetchall()
         return [{"schema": 1, "alert_id": r[0], "by": r[1], "verdict": r[2], "time": r[3], "type": r[4],
-                 "label": r[5], "channel": r[6], "model_version": r[7]} for r in rows]
+                 "label": r[5], "channel": r[6], "model_version": r[7], "origin": r[8]} for r in rows]
 
     def mark_published(self, alert_ids: Iterable[str]) -> None:
         with self._lock, self._db:
@@ -148,23 +157,33 @@ class AlertLog:
             raise AlertLogError(f"alert id {alert_id!r} is ambiguous: give more characters")
         return rows[0][0]
 
-    def ack(self, alert_id: str, by: str, verdict: str | None = None) -> dict:
+    def ack(self, alert_id: str, by: str, verdict: str | None = None, origin: str = "local") -> dict:
+        """Record an acknowledgement (the latest one of an alert wins). ``origin`` local
+        resolves an id prefix (people on site); fleet needs the exact id."""
         by = by.strip()
         if not by or len(by) > 100 or any(ord(c) < 32 for c in by):
             raise AlertLogError("--by must be a name of 1 to 100 printable characters")
         if verdict is not None and verdict not in VERDICTS:
             raise AlertLogError(f"--verdict must be one of {', '.join(VERDICTS)}")
-        full = self.resolve(alert_id)
+        if origin not in ORIGINS:
+            raise AlertLogError(f"origin must be one of {', '.join(ORIGINS)}")
+        if origin == "local":
+            full = self.resolve(alert_id)
+        else:
+            with self._lock:
+                if self._db.execute("SELECT 1 FROM alerts WHERE id = ?", (alert_id,)).fetchone() is None:
+                    raise AlertLogError(f"no alert with id {alert_id!r} in {self.path}")
+            full = alert_id
         now = time.time()
         with self._lock, self._db:
-            self._db.execute("INSERT INTO acks (alert_id, by, verdict, time, published) VALUES (?, ?, ?, ?, 0) "
+            self._db.execute("INSERT INTO acks (alert_id, by, verdict, time, published, origin) VALUES (?, ?, ?, ?, 0, ?) "
                              "ON CONFLICT(alert_id) DO UPDATE SET by=excluded.by, verdict=excluded.verdict, "
-                             "time=excluded.time, published=0", (full, by, verdict, now))
-        return {"alert_id": full, "by": by, "verdict": verdict, "time": now}
+                             "time=excluded.time, published=0, origin=excluded.origin", (full, by, verdict, now, origin))
+        return {"alert_id": full, "by": by, "verdict": verdict, "time": now, "origin": origin}
 
     def list(self, open_only: bool = False, limit: int = 1000) -> list[dict]:
         q = ("SELECT a.id, a.opened_at, a.cleared_at, a.state, a.type, a.label, a.severity, a.channel, a.explanation, "
-             "a.model_version, k.by, k.verdict, k.time, k.published, "
+             "a.model_version, k.by, k.verdict, k.time, k.published, k.origin, "
              "(SELECT COUNT(*) FROM evidence e WHERE e.alert_id = a.id) "
              "FROM alerts a LEFT JOIN acks k ON k.alert_id = a.id")
         if open_only:
@@ -173,7 +192,7 @@ class AlertLog:
         with self._lock:
             rows = self._db.execute(q, (limit,)).fetchall()
         keys = ("id", "opened_at", "cleared_at", "state", "type", "label", "severity", "channel", "explanation",
-                "model_version", "ack_by", "verdict", "ack_time", "ack_published", "evidence_windows")
+                "model_version", "ack_by", "verdict", "ack_time", "ack_published", "ack_origin", "evidence_windows")
         return [dict(zip(keys, r)) for r in rows]
 
     def evidence(self, alert_id: str) -> list[Evidence]:
@@ -223,7 +242,8 @@ def format_table(rows: list[dict]) -> str:
     out = [f"{'id':<12} {'opened (UTC)':<19} {'state':<8} {'type':<12} {'severity':<8} {'channel':<14} ack"]
     for r in rows:
         opened = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["opened_at"]))
-        ack = f"{r['ack_by']} ({r['verdict'] or 'no verdict'})" if r["ack_by"] else "-"
+        ack = (f"{r['ack_by']} ({r['verdict'] or 'no verdict'}{', from the fleet' if r.get('ack_origin') == 'fleet' else ''})"
+               if r["ack_by"] else "-")
         out.append(f"{r['id'][:12]:<12} {opened:<19} {r['state']:<8} {r['type']:<12} {r['severity'] or '-':<8} "
                    f"{(r['channel'] or '-')[:14]:<14} {ack}")
         if r["explanation"]:

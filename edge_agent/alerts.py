@@ -5,8 +5,10 @@ channel are anomalous (k of n), and cleared after ``clear_after`` consecutive qu
 so one noisy window neither raises nor clears. At most one alert is open per device,
 channel and type. Each alert carries an explanation a technician can act on.
 
-This is the pipeline's minimal engine; issue #7 adds per-label rules, ISO 10816 zones and
-the technicians' local log on top of the same messages.
+Rules per alert type (``[[alert_rule]]`` in the config): each type, a label of the model
+pack or ``anomaly``, can have its own k of n, clear count and fixed severity, or be
+switched off; a type without a rule uses ``[alerts]``. ISO 10816-21 zone rules
+(iso_zones.py) and the technicians' local log (alert_log.py) use the same messages.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from edge_agent.baseline import Prediction
 from edge_agent.window import Window
@@ -64,6 +67,60 @@ class Hysteresis:
         return []
 
 
+SEVERITIES = ("info", "warning", "alarm")
+
+
+@dataclass(frozen=True, slots=True)
+class TypeRule:
+    """How one alert type is raised and cleared. ``severity`` "auto" keeps what the rule set
+    judged (warning, or alarm for a strong hit); another value replaces it."""
+
+    raise_after: int
+    raise_window: int
+    clear_after: int
+    severity: str = "auto"
+    enabled: bool = True
+
+
+def type_rules(cfg: Any) -> tuple[TypeRule, dict[str, TypeRule]]:
+    """The default rule (``[alerts]``) and each ``[[alert_rule]]`` by type; a rule's 0
+    means "as in [alerts]"."""
+    a = cfg.alerts
+    default = TypeRule(a.raise_after, a.raise_window, a.clear_after)
+    rules = {r.type: TypeRule(r.raise_after or a.raise_after, r.raise_window or a.raise_window,
+                              r.clear_after or a.clear_after, r.severity, r.enabled)
+             for r in getattr(cfg, "alert_rules", ())}
+    return default, rules
+
+
+@dataclass(slots=True)
+class TypedHysteresis:
+    """One :class:`Hysteresis` per alert type, each with its type's rule: at most one open
+    alert per channel and type, and each type keeps its own k-of-n history."""
+
+    default: TypeRule
+    rules: dict[str, TypeRule] = field(default_factory=dict)
+    _by_type: dict[str, Hysteresis] = field(default_factory=dict)
+
+    def rule(self, kind: str) -> TypeRule:
+        return self.rules.get(kind, self.default)
+
+    def open_alerts(self) -> list[dict]:
+        return [a for h in self._by_type.values() for a in h.open_alerts()]
+
+    def step(self, channel: str, kind: str, hit: bool, make_alert: Callable[[str], dict]) -> list[dict]:
+        rule = self.rule(kind)
+        h = self._by_type.get(kind)
+        if h is None:
+            h = self._by_type[kind] = Hysteresis(rule.raise_after, rule.raise_window, rule.clear_after)
+        msgs = h.step(channel, kind if hit and rule.enabled else None, make_alert)
+        if rule.severity != "auto":
+            for m in msgs:
+                if m["state"] == "open":
+                    m["severity"] = rule.severity
+        return msgs
+
+
 @dataclass(slots=True)
 class AlertRules:
     """The baseline scorer's rules: a hit is an anomaly score at or above ``threshold``."""
@@ -73,10 +130,12 @@ class AlertRules:
     clear_after: int
     threshold: float
     model_version: str
-    _hysteresis: Hysteresis | None = None
+    rules: dict[str, TypeRule] = field(default_factory=dict)  # by type ("anomaly" here)
+    _hysteresis: TypedHysteresis | None = None
 
     def __post_init__(self) -> None:
-        self._hysteresis = Hysteresis(self.raise_after, self.raise_window, self.clear_after)
+        self._hysteresis = TypedHysteresis(TypeRule(self.raise_after, self.raise_window, self.clear_after),
+                                           self.rules)
 
     def open_alerts(self) -> list[dict]:
         return self._hysteresis.open_alerts()
@@ -85,8 +144,8 @@ class AlertRules:
         """Feed one window's prediction; return alert messages (raised or cleared) it causes."""
         if pred.label == "learning":
             return []
-        hit = "anomaly" if pred.anomaly_score >= self.threshold else None
-        return self._hysteresis.step(window.channel, hit, lambda _type: self._raised(window, pred))
+        hit = pred.anomaly_score >= self.threshold
+        return self._hysteresis.step(window.channel, "anomaly", hit, lambda _type: self._raised(window, pred))
 
     def _raised(self, window: Window, pred: Prediction) -> dict:
         severity = "alarm" if pred.anomaly_score >= 2 * self.threshold else "warning"

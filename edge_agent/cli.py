@@ -1,9 +1,7 @@
 """The ``edge-agent`` command line (see ../shared/CONTRACT.md for the fixed part).
 
 Every command has ``--help``; bad arguments exit 2 with one line, never a traceback.
-Commands whose issue has not landed yet are present, parse their arguments, and say in one
-line which issue brings them (exit 2). Heavy imports happen inside the handlers so that
-``--help`` and ``config check`` stay fast.
+Heavy imports happen inside the handlers so that ``--help`` and ``config check`` stay fast.
 """
 from __future__ import annotations
 
@@ -16,12 +14,6 @@ from edge_agent import __version__
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-
-NOT_YET = {
-    "model verify": "#8 (signed packs and model updates)",
-    "fleet": "#8 (model updates over MQTT and the fleet CLI)",
-}
-
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit 2."""
@@ -118,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="the whole manifest as JSON")
     verify = model_sub.add_parser("verify", help="exit 0 only for an intact pack signed by a trusted key")
     verify.add_argument("pack", metavar="PACK")
-    verify.add_argument("--trusted-key", metavar="FILE", action="append")
+    verify.add_argument("--trusted-key", metavar="FILE", action="append",
+                        help="a trusted public key (NAME.pub) or a directory of *.pub files; repeatable")
 
     alerts = sub.add_parser("alerts", help="the local alert log for technicians")
     alerts.add_argument("--config", metavar="FILE")
@@ -147,13 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("name", metavar="NAME")
     sign = fleet_sub.add_parser("sign", help="sign a pack in place")
     sign.add_argument("pack", metavar="PACK")
-    sign.add_argument("--key", required=True, metavar="NAME.key")
-    push = fleet_sub.add_parser("push", help="push a pack to a device or group")
-    push.add_argument("pack", metavar="PACK")
-    push.add_argument("--target", required=True, metavar="DEVICE|GROUP")
-    push.add_argument("--mode", choices=("shadow", "activate"), default="shadow")
-    push.add_argument("--canary", type=_positive_float, metavar="PERCENT")
-    fleet_sub.add_parser("status", help="live table of devices")
+    sign.add_argument("--key", required=True, metavar="NAME.key", help="private key from 'fleet keygen' (mode 0600)")
+    from edge_agent.fleet_push import add_push_parser
+    from edge_agent.fleet_status import add_status_parser
+
+    add_push_parser(fleet_sub)  # #8: model updates over MQTT (docs/UPDATES.md, "Fleet side")
+    add_status_parser(fleet_sub)
     from edge_agent.fleet_drift import add_drift_parser
 
     add_drift_parser(fleet_sub)  # issue #6: the fleet side of the drift sketches
@@ -174,14 +166,24 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     sub = getattr(args, f"{args.command}_command", None)
     what = f"{args.command} {sub}" if sub else args.command
-    if what == "fleet drift":  # landed (#6); the other fleet commands come with #8
+    if what == "fleet drift":  # #6
         from edge_agent.fleet_drift import run_fleet_drift
 
         return run_fleet_drift(args)
-    issue = NOT_YET.get(what) or NOT_YET.get(args.command)
-    if issue:
-        print(f"edge-agent {what}: not available yet; it lands with issue {issue}", file=sys.stderr)
-        return EXIT_USAGE
+    if what == "fleet push":  # #8: model updates over MQTT
+        from edge_agent.fleet_push import run_fleet_push
+
+        return run_fleet_push(args)
+    if what == "fleet status":
+        from edge_agent.fleet_status import run_fleet_status
+
+        return run_fleet_status(args)
+    if what == "fleet keygen":  # #8: keys and signatures (edge_agent/signing.py)
+        return cmd_fleet_keygen(args.name)
+    if what == "fleet sign":
+        return cmd_fleet_sign(args.pack, args.key)
+    if what == "model verify":
+        return cmd_model_verify(args.pack, args.trusted_key or [])
     if args.command == "alerts":
         return cmd_alerts(args)
     if what == "model info":
@@ -266,6 +268,76 @@ def cmd_model_info(path: str, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def cmd_fleet_keygen(name: str) -> int:
+    """``fleet keygen NAME``: NAME.key (0600) and NAME.pub; never overwrites."""
+    from edge_agent.signing import KeyFileError, key_id, keygen, load_public_key
+
+    try:
+        key_path, pub_path = keygen(name)
+        kid = key_id(load_public_key(pub_path))
+    except KeyFileError as exc:
+        print(f"edge-agent fleet keygen: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"private key: {key_path} (mode 0600; keep it secret, sign with: edge-agent fleet sign PACK --key {key_path})")
+    print(f"public key:  {pub_path} (copy it to the devices' [updates] trusted_keys_dir)")
+    print(f"key id:      {kid}")
+    return EXIT_OK
+
+
+def cmd_fleet_sign(pack_path: str, key_path: str) -> int:
+    """``fleet sign PACK --key NAME.key``: sign in place (a damaged pack is refused)."""
+    from edge_agent.pack import PackError
+    from edge_agent.signing import KeyFileError, load_private_key, sign_pack
+
+    try:
+        pack = sign_pack(pack_path, load_private_key(key_path))
+    except (KeyFileError, PackError) as exc:
+        print(f"edge-agent fleet sign: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{pack_path}: signed by {pack.signature['key_id']} ({pack.describe()})")
+    return EXIT_OK
+
+
+def cmd_model_verify(pack_path: str, trusted_sources: list[str]) -> int:
+    """``model verify PACK --trusted-key FILE|DIR ...``: exit 0 only for an intact pack signed by
+    a trusted key. A named key file that cannot be used is an error; in a directory, a bad
+    ``*.pub`` is skipped with a warning line."""
+    from edge_agent.signing import KeyFileError, SignatureError, key_id, load_public_key, load_trusted_keys, verify_pack_file
+
+    prog = "edge-agent model verify"
+    if not trusted_sources:
+        print(f"{prog}: no trusted key given (--trusted-key NAME.pub, or a directory of *.pub files)", file=sys.stderr)
+        return EXIT_USAGE
+    trusted = {}
+    for source in trusted_sources:
+        if Path(source).is_dir():
+            found = load_trusted_keys(source, log_problems=False)
+            trusted.update(found.keys)
+            for problem in found.problems:
+                print(f"{prog}: warning: {_one_line(problem)}", file=sys.stderr)
+            continue
+        try:
+            key = load_public_key(source)
+        except KeyFileError as exc:
+            print(f"{prog}: trusted key {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        trusted[key_id(key)] = key
+    if not trusted:
+        print(f"{prog}: no usable trusted key in {', '.join(trusted_sources)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        pack = verify_pack_file(pack_path, trusted)
+    except SignatureError as exc:
+        print(f"{prog}: {pack_path}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{pack_path}: signed by {pack.signature['key_id']}, intact ({pack.describe()})")
+    return EXIT_OK
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     """``alerts [--open] [--json]``, ``alerts ack ID --by NAME [--verdict V]``, ``alerts export``:
     the local alert log (edge_agent/alert_log.py), no broker or daemon needed."""
@@ -336,11 +408,30 @@ def cmd_status(config_path: str | None, as_json: bool) -> int:
     c, q, b = snap.get("counters", {}), snap.get("queues", {}), snap.get("broker", {})
     print(f"daemon:              {snap.get('state')} (status written {age:.0f} s ago), device {snap.get('device')}")
     print(f"model:               {snap.get('model')} on {snap.get('backend')}")
-    print(f"broker:              {b.get('address')} {'connected' if b.get('connected') else 'not connected'}, {b.get('published', 0)} published")
+    print(f"broker:              {_describe_link(b)}")
     print(f"queues:              samples {q.get('samples', {}).get('depth')}/{q.get('samples', {}).get('max')} (dropped {q.get('samples', {}).get('dropped')}), outbox {q.get('outbox', {}).get('depth')}")
     print(f"windows:             {c.get('windows')} {c.get('windows_per_label')}")
     print(f"alerts:              {c.get('alerts_raised')} raised, {c.get('open_alerts')} open; processing errors {c.get('processing_errors')}")
+    lat = c.get("alert_latency_ms") or {}
+    if lat.get("alerts"):
+        print(f"alert latency:       p50 {lat['p50']} ms, p99 {lat['p99']} ms (window complete -> committed, last {lat['alerts']})")
     return EXIT_OK
+
+
+def _describe_link(b: dict) -> str:
+    """One line on the uplink from the status file's ``broker`` part."""
+    if not b.get("enabled", True):
+        return "disabled ([broker] enabled = false): local alert log only"
+    state = "connected" if b.get("connected") else "not connected"
+    line = f"{b.get('address')} {state}{' (TLS)' if b.get('tls') else ''}, {b.get('published', 0)} published, {b.get('connects', 0)} connects"
+    if b.get("failures"):
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(b.get("failures_by_reason", {}).items()))
+        line += f", {b['failures']} failed attempts ({reasons})"
+    if not b.get("connected") and b.get("last_error"):
+        line += f"; last error: {b['last_error']}"
+        if b.get("next_attempt_in_s") is not None:
+            line += f"; next attempt in {b['next_attempt_in_s']:.0f} s"
+    return line
 
 
 if __name__ == "__main__":

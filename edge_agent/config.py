@@ -70,7 +70,9 @@ SCENARIOS = ("healthy", "inner_race", "outer_race", "ball", "flatline", "clippin
 SCHEMA: dict[str, tuple[str, tuple[Key, ...]]] = {  # section: (doc, keys)
     "device": ("Who this agent is.", (
         Key("site", str, "farm-a", "Site (wind farm) name", rule=SEGMENT),
-        Key("id", str, "wtg-01", "Device (turbine) id", rule=SEGMENT))),
+        Key("id", str, "wtg-01", "Device (turbine) id", rule=SEGMENT),
+        Key("group", str, "", "Fleet group for model rollouts (fleet push --target GROUP); empty = none",
+            rule=(lambda v: v == "" or SEGMENT[0](v), f"empty or {SEGMENT[1]}")))),
     "broker": ("The MQTT broker that alerts, summaries and status go to.", (
         Key("enabled", bool, True, "Publish to the broker; false = local alert log only"),
         Key("host", str, "127.0.0.1", "Broker host name or IP address", rule=NONEMPTY),
@@ -126,6 +128,30 @@ SCHEMA: dict[str, tuple[str, tuple[Key, ...]]] = {  # section: (doc, keys)
         Key("raise_after", int, 3, "Anomalous windows (of raise_window) to raise", 1, 1000),
         Key("raise_window", int, 5, "Windows looked back over; >= raise_after", 1, 1000),
         Key("clear_after", int, 10, "Normal windows in a row that clear it", 1, 100000))),
+    "updates": ("Model updates over MQTT (docs/UPDATES.md): signed packs, shadow evaluation, "
+                "health check after activation, automatic rollback.", (
+        Key("enabled", bool, True, "Accept model offers on {base}/model/offer"),
+        Key("trusted_keys_dir", str, "", "Directory of the operators' *.pub keys a pack must be signed "
+            "by; empty = none trusted (every offer is rejected, unknown_key)", is_path=True),
+        Key("max_pack_mb", float, 64.0, "Largest pack accepted, MB", 0.01, 1024),
+        Key("max_chunk_kb", int, 256, "Largest chunk accepted, KiB", 1, 1024),
+        Key("request_every_s", float, 5.0, "Seconds between asking again for missing chunks", 0.1, 3600),
+        Key("transfer_timeout_s", float, 3600.0, "An update with no new chunk for this long is given up "
+            "(rejected, transfer_timeout)", 1, 604800),
+        Key("shadow_windows", int, 200, "Windows a candidate is scored beside the active model (shadow)",
+            1, 1000000),
+        Key("shadow_min_agreement", float, 0.9, "Top-label agreement with the active model a candidate "
+            "needs", 0, 1),
+        Key("shadow_max_extra_alert_rate", float, 0.05, "Alert-window rate a candidate may add over the "
+            "active model's", 0, 1),
+        Key("shadow_max_latency_ratio", float, 3.0, "Candidate inference time per window, at most this "
+            "times the active model's", 1, 1000),
+        Key("health_windows", int, 100, "Windows watched after an activation before it is healthy",
+            1, 1000000),
+        Key("health_max_alert_rate", float, 0.5, "Alert-window rate after an activation beyond which it "
+            "is rolled back (unless the previous model saw as many)", 0, 1),
+        Key("health_max_latency_ratio", float, 5.0, "Inference time per window after an activation, at "
+            "most this times the previous model's", 1, 1000))),
     "drift": ("Drift monitoring (edge_agent/drift.py): per-feature quantile sketches per operating "
               "regime, PSI and KS against the model pack's reference, score-drift detectors.", (
         Key("enabled", bool, True, "Keep sketches, compute drift statistics and raise drift alerts"),
@@ -226,6 +252,28 @@ SOURCE_TYPES: dict[str, tuple[Key, ...]] = {
         Key("loop", bool, False, "Start again at the end of the recording")),
 }
 
+# Arrays of tables besides [[source]]: name -> (doc, keys, the key that must be unique or "").
+ISO_COMPONENTS = ("nacelle_tower", "main_bearing", "gearbox", "generator")  # iso_zones.py
+TABLE_LISTS: dict[str, tuple[str, tuple[Key, ...], str]] = {
+    "alert_rule": ("A rule for one alert type; types without one use [alerts]. Repeat per type.", (
+        Key("type", str, REQUIRED, "Alert type: a label of the model pack, or anomaly",
+            rule=(SEGMENT[0], _SEG_TEXT), example="inner_race"),
+        Key("raise_after", int, 0, "Hits (of raise_window) that raise it; 0 = [alerts] raise_after",
+            0, 1000),
+        Key("raise_window", int, 0, "Windows looked back over; 0 = [alerts] raise_window", 0, 1000),
+        Key("clear_after", int, 0, "Quiet windows in a row that clear it; 0 = [alerts] clear_after",
+            0, 100000),
+        Key("severity", str, "auto", "auto = warning, alarm on a strong hit; or always this one",
+            choices=("auto", "info", "warning", "alarm")),
+        Key("enabled", bool, True, "false = this type never raises an alert")), "type"),
+    "iso_zone": ("ISO 10816-21 velocity-zone rules (docs/ISO10816.md): the component the channels "
+                 "measure on. Repeat per component.", (
+        Key("channels", str, REQUIRED, "Channel names, a glob pattern (fnmatch)", rule=NONEMPTY,
+            example="serial0.*"),
+        Key("component", str, REQUIRED, "Wind-turbine component", choices=ISO_COMPONENTS,
+            example="gearbox")), ""),
+}
+
 
 def _dataclass(name: str, doc: str, keys: Iterable[Key], neutral: bool = False) -> type:
     """A frozen dataclass with one field per key, defaulting to the key's default (or, with
@@ -247,11 +295,14 @@ FeaturesConfig = _dataclass("FeaturesConfig", *SCHEMA["features"])
 ModelConfig = _dataclass("ModelConfig", *SCHEMA["model"])
 AlertsConfig = _dataclass("AlertsConfig", *SCHEMA["alerts"])
 DriftConfig = _dataclass("DriftConfig", *SCHEMA["drift"])
+UpdatesConfig = _dataclass("UpdatesConfig", *SCHEMA["updates"])
 QualityConfig = _dataclass("QualityConfig", *SCHEMA["quality"])
 PublishConfig = _dataclass("PublishConfig", *SCHEMA["publish"])
 StorageConfig = _dataclass("StorageConfig", *SCHEMA["storage"])
 QueuesConfig = _dataclass("QueuesConfig", *SCHEMA["queues"])
 LoggingConfig = _dataclass("LoggingConfig", *SCHEMA["logging"])
+AlertRuleConfig = _dataclass("AlertRuleConfig", *TABLE_LISTS["alert_rule"][:2])
+IsoZoneConfig = _dataclass("IsoZoneConfig", *TABLE_LISTS["iso_zone"][:2])
 # type, name, then every source type's keys (first occurrence): port, baud, read_timeout_s,
 # host, topic, qos, fs, scenario, channels, rpm, seed, speedup, path, loop. ``port`` is the
 # serial device (str) for "serial" and the broker's TCP port (int) for "mqtt".
@@ -273,12 +324,15 @@ class Config:
     features: FeaturesConfig
     model: ModelConfig
     alerts: AlertsConfig
+    updates: UpdatesConfig
     drift: DriftConfig
     quality: QualityConfig
     publish: PublishConfig
     storage: StorageConfig
     queues: QueuesConfig
     logging: LoggingConfig
+    alert_rules: tuple[AlertRuleConfig, ...]
+    iso_zones: tuple[IsoZoneConfig, ...]
     origin: str
 
 
@@ -324,12 +378,14 @@ def example_toml() -> str:
         ("[[source]]", f"A source of type {kind!r}; " + ("at least one [[source]] is needed."
          if kind == "serial" else "un-comment to use it."), SOURCE_COMMON + own, kind)
         for kind, own in SOURCE_TYPES.items()]
+    blocks += [(f"[[{name}]]", doc + " Un-comment to use it.", keys, name)
+               for name, (doc, keys, _) in TABLE_LISTS.items()]
     for header, doc, keys, kind in blocks:
         off = "# " if kind not in ("", "serial") else ""
         out += ["", f"## {doc}", off + header]
         for k in keys:
-            value = kind if k.name == "type" else k.example if k.default is REQUIRED else k.default
-            need = " (required)" if k.default is REQUIRED and k.name != "type" else ""
+            value = kind if k.name == "type" and kind in SOURCE_TYPES else k.example if k.default is REQUIRED else k.default
+            need = " (required)" if k.default is REQUIRED and not (k.name == "type" and kind in SOURCE_TYPES) else ""
             out += [f"## {k.doc}{need}; {_constraint(k)}".removesuffix("; "),
                     f"{off}{k.name} = {_show(value)}"]
     return "\n".join(out) + "\n"
@@ -402,22 +458,25 @@ class _Checker:
 
     def config(self, data: dict[str, Any]) -> Config:
         for name, value in data.items():
-            if name not in SCHEMA and name != "source":
+            if name not in SCHEMA and name != "source" and name not in TABLE_LISTS:
                 what = "unknown section" if isinstance(value, dict) else "unknown top-level key"
-                self.add(name, what + _suggest(name, [*SCHEMA, "source"]))
+                self.add(name, what + _suggest(name, [*SCHEMA, "source", *TABLE_LISTS]))
         values = {}
         for section, (_, keys) in SCHEMA.items():
             if not isinstance(table := data.get(section, {}), dict):
                 self.add(section, f"must be a table ([{section}]), got {_show(table, True)}")
             values[section] = self.table(table if isinstance(table, dict) else {}, keys, section)
         sources = self.sources(data.get("source", [{"type": "emulator"}]))
+        lists = {name: self.table_list(name, data.get(name, [])) for name in TABLE_LISTS}
         self.relations(values)
+        self.rule_relations(values["alerts"], lists["alert_rule"])
         if self.problems:
             raise ConfigError(m for _, m in sorted(self.problems, key=lambda item: item[0]))
         sections = {name: Config.__annotations__[name](**values[name])  # its dataclass
                     for name in SCHEMA}
         return Config(sources=tuple(SourceConfig(**s) for s in sources), origin=self.origin,
-                      **sections)
+                      alert_rules=tuple(AlertRuleConfig(**r) for r in lists["alert_rule"]),
+                      iso_zones=tuple(IsoZoneConfig(**z) for z in lists["iso_zone"]), **sections)
 
     def table(self, table: dict[str, Any], keys: Iterable[Key], at: str, kind: str = "") -> dict:
         known = {k.name: k for k in keys}
@@ -483,6 +542,36 @@ class _Checker:
             sources.append(values)
         return sources
 
+    def table_list(self, name: str, raw: Any) -> list[dict[str, Any]]:
+        """An array of tables of TABLE_LISTS (e.g. [[alert_rule]]): each table checked."""
+        _, keys, unique = TABLE_LISTS[name]
+        if not isinstance(raw, list):
+            self.add(name, f"must be an array of tables ([[{name}]]), got {_show(raw, True)}")
+            return []
+        out, first = [], {}
+        for i, table in enumerate(raw):
+            at = f"{name}[{i}]"
+            if not isinstance(table, dict):
+                self.add(at, f"must be a table, got {_show(table, True)}")
+                continue
+            values = self.table(table, keys, at)
+            if unique and unique in values and first.setdefault(values[unique], i) != i:
+                self.add(f"{at}.{unique}", f"{_show(values[unique])} already has a rule: "
+                         f"{name}[{first[values[unique]]}]")
+                continue
+            if len(values) == len(keys):  # only whole tables (each problem is reported)
+                out.append(values)
+        return out
+
+    def rule_relations(self, alerts: dict[str, Any], rules: list[dict[str, Any]]) -> None:
+        """Each [[alert_rule]]'s k of n, with [alerts] filling its zeros, must be possible."""
+        for i, r in enumerate(rules):
+            k = r["raise_after"] or alerts.get("raise_after")
+            n = r["raise_window"] or alerts.get("raise_window")
+            if k is not None and n is not None and n < k:
+                self.add(f"alert_rule[{i}].raise_window", f"must be >= raise_after ({k}), got {n} "
+                         f"(for type {_show(r['type'])}; 0 means the value in [alerts])")
+
     def file(self, path: str, key_path: str) -> bool:
         file = Path(path)
         why = ("file not found" if not file.exists() else "not a file" if not file.is_file()
@@ -525,4 +614,8 @@ class _Checker:
             w["hop"] = w["hop"] or w["length"] // 2
         if v["model"].get("pack"):
             self.file(v["model"]["pack"], "model.pack")
+        keys = v["updates"].get("trusted_keys_dir")
+        if keys and not Path(keys).is_dir():
+            self.add("updates.trusted_keys_dir", f"not a directory: {keys}" if Path(keys).exists()
+                     else f"directory not found: {keys}")
 

@@ -63,7 +63,7 @@ class PackModel:
             self._interp = self.backend.interpreter_class(model_content=self.pack.members["model.tflite"], num_threads=num_threads)
             self._interp.allocate_tensors()
         except Exception as exc:  # the interpreters raise ValueError/RuntimeError on a bad flatbuffer
-            raise PackError(f"{self.pack.path}: model.tflite does not load: {exc}") from None
+            raise PackError(f"{self.pack.path}: model.tflite does not load: {exc}", reason="not_tflite") from None
         self._check_tensors(m["tensors"])
         self._batch = 0
         self.self_test()
@@ -74,32 +74,32 @@ class PackModel:
         inputs = self._interp.get_input_details()
         outputs = {d["name"]: d for d in self._interp.get_output_details()}
         if len(inputs) != 1:
-            raise PackError(f"{path}: the model has {len(inputs)} inputs, a pack model has one")
+            raise PackError(f"{path}: the model has {len(inputs)} inputs, a pack model has one", reason="tensors")
         want_in = spec.get("input", {})
         self._in = self._check_one("input", inputs[0], want_in, len(self.feature_names))
         self._out: dict[str, dict] = {}
         for role, width in (("probabilities", len(self.labels)), ("anomaly", 1)):
             want = spec.get(role)
             if not isinstance(want, dict) or want.get("name") not in outputs:
-                raise PackError(f"{path}: tensors.{role} names no output of the model (outputs: {', '.join(outputs)})")
+                raise PackError(f"{path}: tensors.{role} names no output of the model (outputs: {', '.join(outputs)})", reason="tensors")
             self._out[role] = self._check_one(role, outputs[want["name"]], want, width)
 
     def _check_one(self, role: str, actual: dict, want: dict, width: int) -> dict:
         path = self.pack.path
         dtype = _DTYPES.get(want.get("dtype", ""))
         if dtype is None or actual["dtype"] != dtype:
-            raise PackError(f"{path}: tensor {role} is {np.dtype(actual['dtype']).name}, the manifest says {want.get('dtype')}")
+            raise PackError(f"{path}: tensor {role} is {np.dtype(actual['dtype']).name}, the manifest says {want.get('dtype')}", reason="tensors")
         shape = list(actual["shape"])
         if len(shape) != 2 or shape[1] != width:
-            raise PackError(f"{path}: tensor {role} has shape {shape}, expected [batch, {width}]")
+            raise PackError(f"{path}: tensor {role} has shape {shape}, expected [batch, {width}]", reason="tensors")
         want_shape = want.get("shape")
         if want_shape is not None and (not isinstance(want_shape, list) or len(want_shape) != 2 or want_shape[1] != shape[1]):
-            raise PackError(f"{path}: tensor {role} has shape [batch, {shape[1]}], the manifest says {want_shape}")
+            raise PackError(f"{path}: tensor {role} has shape [batch, {shape[1]}], the manifest says {want_shape}", reason="tensors")
         scale, zero = actual["quantization"]
         if dtype is not np.float32:
             ws, wz = want.get("scale"), want.get("zero_point")
             if not isinstance(ws, (int, float)) or not isinstance(wz, int) or not np.isclose(scale, ws, rtol=1e-6) or zero != wz:
-                raise PackError(f"{path}: tensor {role} quantisation ({scale}, {zero}) differs from the manifest ({ws}, {wz})")
+                raise PackError(f"{path}: tensor {role} quantisation ({scale}, {zero}) differs from the manifest ({ws}, {wz})", reason="tensors")
         return {"index": actual["index"], "dtype": dtype, "scale": float(scale), "zero_point": int(zero)}
 
     def self_test(self) -> None:
@@ -110,21 +110,21 @@ class PackModel:
             ref = np.load(__import__("io").BytesIO(self.pack.members["reference.npz"]), allow_pickle=False)
             feats, want_p, want_a = ref["features"], ref["out_probabilities"], ref["out_anomaly"]
         except KeyError as exc:
-            raise PackError(f"{path}: reference.npz lacks {exc}") from None
+            raise PackError(f"{path}: reference.npz lacks {exc}", reason="self_test") from None
         except Exception as exc:
-            raise PackError(f"{path}: reference.npz is unreadable: {exc}") from None
+            raise PackError(f"{path}: reference.npz is unreadable: {exc}", reason="self_test") from None
         if feats.ndim != 2 or feats.shape[1] != len(self.feature_names) or len(feats) == 0:
-            raise PackError(f"{path}: reference features have shape {feats.shape}, expected (n, {len(self.feature_names)})")
+            raise PackError(f"{path}: reference features have shape {feats.shape}, expected (n, {len(self.feature_names)})", reason="self_test")
         got = self.run(feats)
         for role, got_v, want_v in (("probabilities", got.probabilities, want_p), ("anomaly", got.anomaly, want_a)):
             if not np.all(np.isfinite(got_v)):
-                raise PackError(f"{path}: self-test: the model gives NaN/Inf for {role}")
+                raise PackError(f"{path}: self-test: the model gives NaN/Inf for {role}", reason="self_test")
             want_v = np.asarray(want_v, dtype=np.float64).reshape(got_v.shape)
             step = self._out[role]["scale"] or 1e-6
             worst = float(np.max(np.abs(got_v - want_v)))
             if worst > SELF_TEST_STEPS * step + 1e-6:
                 raise PackError(f"{path}: self-test failed: {role} differs from the reference by {worst:.4g} "
-                                f"(allowed {SELF_TEST_STEPS * step:.4g})")
+                                f"(allowed {SELF_TEST_STEPS * step:.4g})", reason="self_test")
 
     # -- inference ----------------------------------------------------------------------------
     def normalise(self, features: np.ndarray) -> np.ndarray:

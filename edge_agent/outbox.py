@@ -8,9 +8,17 @@ order, hence also the order per topic), publishes them with QoS 1 and calls
 :meth:`Outbox.ack` on PUBACK; only then is a message deleted.
 
 Storage: one SQLite database, ``outbox.sqlite3`` in ``[storage] dir``, in WAL mode
-(``-wal`` and ``-shm`` beside it). Table ``items`` (``id`` = ``seq``, ``kind``, ``weight``,
-``payload``: the JSON bytes as published) and ``meta`` (``next_seq`` and the eviction and
-ack counters ``evicted.<kind>`` / ``acked.<kind>``, so they survive restarts).
+(``-wal`` and ``-shm`` beside it), schema 2: table ``items`` (``id`` = ``seq``, ``kind``,
+``payload``: the JSON bytes as published), ``weights`` (``id``, ``weight``: the intervals a
+thinned summary stands for, when more than one; see eviction) and ``meta`` (``next_seq`` and
+the eviction and ack counters ``evicted.<kind>`` / ``acked.<kind>``, so they survive
+restarts). The weight has its own small table because SQLite rewrites a whole record on
+UPDATE: in the items row it made every thinning rewrite the kept summary's ~60 kB payload.
+A schema-1 file (``weight`` in ``items``) is migrated in place at start, in one small
+transaction: its weights above 1 are copied to ``weights``; items, seqs and counters are
+kept as they are (its ``items.weight`` column and index stay, unused). Deleted content is
+not zeroed in the freed pages (``secure_delete = FAST``; Debian builds SQLite with it on,
+which writes a deleted message's whole overflow chain to the WAL again).
 
 Durability: ``synchronous = FULL``. In WAL mode, NORMAL does not sync the WAL at commit,
 so a power cut (the usual way a gateway stops) can take back the last transactions.
@@ -31,17 +39,52 @@ aside continues above every seq ever used, so the fleet sees a gap (true: those 
 are lost) rather than old numbers that it would drop as duplicates.
 
 Bound (``max_bytes``, from ``[storage] outbox_max_mb``) on the *files*, not the payloads:
-database + WAL + shared-memory index, as ``os.stat`` sees them. Split: the ``-shm`` index
-(32 KiB while the WAL stays under 4096 frames), the WAL (1/16 of the budget, 32 KiB to
-4 MiB: ``journal_size_limit``, and an automatic checkpoint at half of it), and the
-database file the rest, counted in pages. A commit inserts, then evicts while the pages in
-use plus the new message's size exceed the database's share (so the next message of that
-size fits in free pages instead of growing the file); if the file still has more pages
-than its share, the free ones are handed back (``auto_vacuum = INCREMENTAL``). After every
-commit the three files are measured; over the budget, the WAL is checkpointed and
-truncated. The bound holds between commits; during one, the WAL holds that transaction
-too. It can only be exceeded by a single message larger than the whole budget (the newest
-message is never refused: logged once).
+database + WAL + shared-memory index, as ``os.stat`` sees them, **at every instant**: during
+commits, acks and checkpoints too. In WAL mode the database file changes only at a
+checkpoint (it takes the size of the last commit) and the WAL file only at a commit (the
+transaction's frames: appended, or written over its start after a checkpoint) or a
+checkpoint; so the outbox checks before every transaction (``_fit``) that the database
+file at its size after it, the WAL with its frames, and the ``-shm`` index fit the budget
+together, and checkpoints first when they would not. The split (``budget``), for the
+largest message held or coming (R pages): the WAL holds one commit of such a message (R
+frames; ``TX_FRAMES`` of bookkeeping and the file's pointer-map pages, one per 820 pages;
+``ROOM_EVICTIONS`` x ``EVICT_FRAMES`` for evictions), at least 1/16 of the budget (32 KiB
+to 4 MiB: checkpoints are rarer with a larger WAL); the ``-shm`` index 32 KiB (per 4062 WAL
+frames); the database the rest, in pages: its share of pages in use, and ``SPLIT_PAGES``
+more that an insert may add to the file (``db_budget_pages``: the most the file may have).
+At 1 MiB with ~60 kB summaries: WAL 41 frames (169 kB), database 204 + 2 pages (844 kB);
+with small messages only, 219 + 2 pages (905 kB).
+
+A commit, in one transaction, evicts until the pages in use leave room for the message
+within the database's share (the policy may drop the message itself instead), inserts it
+(into the pages just freed: the file does not grow) and gives back the file's pages beyond
+the share, if any (``auto_vacuum = INCREMENTAL``). When that work would not fit in the
+commit's WAL (the messages grew, so the database's share shrank; many small evictions), it
+is done first in transactions of its own, each fitting beside the database file with an
+empty WAL and checkpointed after it (the file shrinks then): ``_make_room``, which also
+applies at start a budget that leaves the database less than the file has (a lower
+``outbox_max_mb``, a file of an earlier version). An ack's delete is fitted the same way
+(it never grows the file). The checkpoints are the outbox's own (``wal_autocheckpoint =
+0``): RESTART, after which the WAL is written over from its start and keeps its size (an
+fsync of a file that grows costs more), and TRUNCATE when the WAL file's own size is in the
+way.
+
+The frames a transaction writes are estimated from measured maxima with a margin
+(``TX_FRAMES``, ``EVICT_FRAMES``, ``VACUUM_FRAMES``; tests/test_outbox.py checks every
+transaction of varied loads, 256 KiB to 32 MiB, against its estimate, with the files
+sampled around every statement); after a commit the WAL file is looked at (one stat): over
+the budget (an estimate exceeded, counted in ``overruns``; never seen so far) it is
+checkpointed and truncated at once. A summary of 55-60 kB committed into a full 1 MiB outbox
+writes 22-27 WAL frames, 15 of them its own pages (51-57 with the weight in the row and
+secure_delete on); an alert 3-10.
+
+The bound can only be exceeded by a single message larger than about half the budget: its
+pages pass through the WAL into the database, and the two cannot fit beside each other.
+Everything else is evicted for it, it is kept (the newest message is never refused: logged
+once) and the files are over the budget until it has gone. A file over a lower budget at
+start is over it until the start has shrunk it. And a checkpoint cannot pass another
+process's read transaction (e.g. a sqlite3 shell left open on the file): the WAL grows
+meanwhile.
 
 Eviction, by meaning, every one counted by kind in ``evicted`` (reported in the next
 summary) and in the database:
@@ -54,29 +97,34 @@ summary) and in the database:
 2. then other kinds, oldest first, by ``EVICTION_RANK``: acknowledgements, and alerts only
    when nothing else is left. The last message is never evicted.
 
+The message being committed is one of the candidates (the newest): a summary that needs
+room in an outbox without another summary is itself the one dropped (its seq used, counted).
+
 A message evicted while in flight may still reach the broker; it stays counted.
 
 Threads: one connection, opened with ``check_same_thread=False``, used only under one lock.
 It is committed to from the processing thread, read by the publisher thread and acked from
 the publisher's threads (any thread may call any method); with one connection every
-transaction sees the others' effects, eviction decisions are atomic with the insert, and
+transaction sees the others' effects, eviction decisions are made with the insert, under the
+lock and in its transaction (but for the rare ``_make_room`` steps, which precede it), and
 there are no lock-busy retries between our own threads. Commits are a few a minute and an
-ack is a ~40 us delete, so the lock is never held for long (a FULL commit holds it for one
-fsync; a commit at the cap also for the eviction, ~1-2 ms).
+ack is a ~40-50 us delete, so the lock is never held for long (a FULL commit holds it for one
+fsync; a commit at the cap also for the eviction and a checkpoint, ~1.3-1.8 ms; an ack that
+must checkpoint first ~1 ms).
 
 Interface (what the agent and publisher.py use): ``commit(kind, message) -> seq | None``,
 ``pending(limit, skip) -> [OutboxItem]`` (commit order), ``ack(id)``, ``depth()``,
 ``size_bytes``, the ``new_item`` event (set on every commit), and the counters
 ``evicted`` / ``acked`` (by kind, persistent), ``committed`` (by kind, this process),
-``write_errors``, ``bad_messages``, ``resets``; ``close()`` for tests and tools (the agent
+``write_errors``, ``bad_messages``, ``resets``, ``overruns``; ``close()`` for tests and tools (the agent
 never needs it: every commit is durable when it returns). Neither ``commit`` nor ``ack``
 raises for a disk error or a bad message.
 
 Failures:
 
 * at start, ``PRAGMA quick_check`` reads the whole file (~60 ms for 64 MB on the VM, page
-  cache warm; seconds on an SD card). A database that cannot be used (not a database, ``quick_check`` not ok, a
-  schema this agent does not know, cannot be opened) is renamed to
+  cache warm; seconds on an SD card). A database that cannot be used (not a database,
+  ``quick_check`` not ok, a schema this agent does not know, cannot be opened) is renamed to
   ``outbox.sqlite3.corrupt-<UTC time>`` (with its -wal/-shm; the two newest such sets are
   kept), one error line is logged, a fresh outbox starts (seq above the floor) and the
   reset is counted (``resets``, shown as ``evicted["corrupt_reset"]``). Other errors at
@@ -96,10 +144,12 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from edge_agent.errors import StartupError
@@ -108,11 +158,27 @@ log = logging.getLogger(__name__)
 
 FILENAME = "outbox.sqlite3"
 SEQ_FILENAME = "outbox.seq"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAGE_SIZE = 4096
-SHM_BYTES = 32 * 1024
+FRAME_BYTES = PAGE_SIZE + 24  # one WAL frame: a page and its header
+WAL_HEADER_BYTES = 32
+SHM_BLOCK_BYTES = 32 * 1024  # the -shm index: one block per 4096 WAL frames (the first holds 4062)
 WAL_MIN_BYTES, WAL_MAX_BYTES = 32 * 1024, 4 * 1024 * 1024
 MIN_DB_PAGES = 8
+# What a transaction writes to the WAL, in frames (pages), beyond the pages of the message it
+# inserts (measured on SQLite 3.40 with secure_delete = FAST, benches/RESULTS.md; tests/
+# test_outbox.py checks every transaction of varied loads against these, file sizes sampled
+# around every statement):
+TX_FRAMES = 12  # a transaction's bookkeeping: page 1, meta, the leaf and interior pages of items
+# and of its index (splits included), freelist trunks, weights; and every pointer-map page of the
+# file (one per 820 pages: each is written at most once per transaction), see _overhead
+EVICT_FRAMES = 6  # one message deleted (evicted or acked): its leaf and the siblings it is merged
+# with, its index leaf, its weight (its overflow pages go to the freelist unwritten)
+VACUUM_FRAMES = 3  # one page given back by incremental_vacuum: the page moved and what points to it
+SPLIT_PAGES = 2  # pages an insert may add beyond its own (a leaf and an index page split): the
+# database file may have them beyond its share
+ROOM_EVICTIONS = 2  # evictions a commit's WAL reservation covers (to make room for its message)
+STEP_MIN_FRAMES = 2 * EVICT_FRAMES  # the smallest step when the files are over the cap already (start)
 SEQ_BLOCK = 1000
 KEEP_ASIDE = 2
 HELD_MAX_ITEMS = 1000
@@ -125,6 +191,7 @@ RETRY_EVERY_S = 5.0
 EVICTION_RANK = {"summary": 0, "ack": 1, "alert": 2}
 _UNUSABLE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_CANTOPEN")
 _RANK_SQL = "CASE kind " + " ".join(f"WHEN '{k}' THEN {r}" for k, r in EVICTION_RANK.items()) + " ELSE 0 END"
+_INCOMING = "incoming"  # _evict_one: the message being committed is itself the one to drop
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +213,40 @@ class _Held:
     nbytes: int = 0
 
 
-def budget(max_bytes: int) -> tuple[int, int]:
-    """(WAL bytes, database pages) of a ``max_bytes`` outbox; the rest is the -shm index."""
-    wal = min(WAL_MAX_BYTES, max(WAL_MIN_BYTES, max_bytes // 16))
-    return wal, max(MIN_DB_PAGES, (max_bytes - wal - SHM_BYTES) // PAGE_SIZE)
-
-
 def _pages_for(nbytes: int) -> int:
-    """Pages a row of ``nbytes`` payload occupies, about (leaf share + overflow pages)."""
-    return 1 + (nbytes + 64) // (PAGE_SIZE - 8)
+    """Pages a row with a payload of ``nbytes`` takes, at most: its share of a leaf page (one)
+    and its overflow pages (a record over 4061 bytes keeps at least 489 in the leaf)."""
+    n = nbytes + 24  # the record: header, id, kind
+    return 1 if n <= PAGE_SIZE - 35 else 1 + -(-(n - 489) // (PAGE_SIZE - 4))
+
+
+def _shm_bytes(frames: int) -> int:
+    """The -shm index's size for a WAL of ``frames``."""
+    return SHM_BLOCK_BYTES * (1 + max(0, -(-(frames - 4062) // 4096)))
+
+
+def wal_min_bytes(max_bytes: int) -> int:
+    """The WAL's least share of a ``max_bytes`` outbox: 1/16, 32 KiB to 4 MiB (checkpoints are
+    rarer with a larger WAL; a commit reserves more when its message needs it)."""
+    return min(WAL_MAX_BYTES, max(WAL_MIN_BYTES, max_bytes // 16))
+
+
+def _ptrmap_pages(n_pages: int) -> int:
+    """Pointer-map pages in a file of ``n_pages`` (auto_vacuum: page 2, then every 820th)."""
+    return 1 + max(0, n_pages - 3) // 820
+
+
+@lru_cache(maxsize=256)
+def budget(max_bytes: int, message_pages: int = 1) -> tuple[int, int]:
+    """(WAL frames, database pages) of a ``max_bytes`` outbox whose largest message takes
+    ``message_pages``: the WAL holds one commit of such a message (its pages, its overhead and
+    ``ROOM_EVICTIONS`` evictions), at least its 1/16 share; the -shm index its size for that
+    WAL; the database file the rest. Database pages + WAL + -shm <= ``max_bytes``."""
+    frames = message_pages + TX_FRAMES + _ptrmap_pages(max_bytes // PAGE_SIZE) + ROOM_EVICTIONS * EVICT_FRAMES
+    wal = max(wal_min_bytes(max_bytes), WAL_HEADER_BYTES + frames * FRAME_BYTES)
+    frames = (wal - WAL_HEADER_BYTES) // FRAME_BYTES
+    db_pages = max(MIN_DB_PAGES, (max_bytes - _shm_bytes(frames) - wal) // PAGE_SIZE - SPLIT_PAGES)
+    return frames, db_pages
 
 
 class Outbox:
@@ -168,13 +260,17 @@ class Outbox:
         self.seq_path = self.dir / SEQ_FILENAME
         self.max_bytes = int(max_bytes)
         self.synchronous = synchronous
-        self.wal_budget_bytes, self.db_budget_pages = budget(self.max_bytes)
+        # the most pages the database file may have (with small messages), and the WAL's least
+        self.wal_budget_bytes = wal_min_bytes(self.max_bytes)
+        self.db_budget_pages = budget(self.max_bytes)[1] + SPLIT_PAGES
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._evicted: Counter[str] = Counter()
         self._evicted_unsaved: Counter[str] = Counter()  # held messages dropped: saved at the next write
         self._acked: Counter[str] = Counter()
         self._committed: Counter[str] = Counter()
+        self._sizes: Counter[int] = Counter()  # messages in the outbox by the pages each takes
+        self._tx_sizes: Counter[int] | None = None  # the same within a transaction
         self._held: deque[_Held] = deque()
         self._held_bytes = 0
         self._ack_failed: set[int] = set()
@@ -183,6 +279,11 @@ class Outbox:
         self._errors_since_log = 0
         self._last_attempt = 0.0
         self._warned_oversize = False
+        self.overruns = 0  # transactions that left the files over the cap (see _after_commit)
+        self._tx_estimate = 0  # WAL frames the transaction being committed may write, as estimated
+        self._n_pages = 0  # the database's pages after the last write, at most
+        self._wal_used = 0  # frames in the WAL since the last checkpoint, at least as many as there are
+        self._db_bytes = self._wal_bytes = self._shm_bytes = 0  # the files' sizes when last looked at
         self.write_errors = 0
         self.bad_messages = 0
         self.new_item = threading.Event()
@@ -249,7 +350,7 @@ class Outbox:
     @property
     def size_bytes(self) -> int:
         """Bytes on disk: database + WAL + shared-memory index."""
-        return self._disk_bytes()
+        return sum(self._files())
 
     @property
     def evicted(self) -> Counter[str]:
@@ -281,7 +382,7 @@ class Outbox:
             if self._held or self._ack_failed:
                 self._retry()
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                self._checkpoint(truncate=True)
             except sqlite3.Error:
                 pass
             self._conn.close()
@@ -341,7 +442,6 @@ class Outbox:
             self._conn = None
 
     def _connect(self) -> None:
-        wal_pages = max(4, self.wal_budget_bytes // 2 // (PAGE_SIZE + 24))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # these two only act on a new file
@@ -350,8 +450,17 @@ class Outbox:
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot use WAL mode here (journal mode {mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute(f"PRAGMA journal_size_limit = {self.wal_budget_bytes}")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+            # the outbox checkpoints itself, before a transaction that would not fit beside the
+            # WAL (see _fit): SQLite's automatic checkpoint comes only after a commit, and its
+            # size limit would cut the WAL file at every restart of a WAL that _fit allows to be
+            # larger (appending costs a commit's fsync more than overwriting)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute("PRAGMA journal_size_limit = -1")
+            # a deleted message's overflow pages are not zeroed on disk (Debian builds SQLite
+            # with SECURE_DELETE): that would write them all to the WAL again for nothing, the
+            # content was published; FAST still clears the deleted cells in the b-tree pages
+            conn.execute("PRAGMA secure_delete = FAST")
+            conn.execute("PRAGMA cache_spill = OFF")  # nothing reaches the WAL before COMMIT
             check = conn.execute("PRAGMA quick_check").fetchall()
             if check != [("ok",)]:
                 raise _Unusable(f"quick_check: {'; '.join(str(r[0]) for r in check[:3])}")
@@ -360,16 +469,24 @@ class Outbox:
                 if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                     raise _Unusable("not an edge-agent outbox (tables but no schema version)")
                 self._create(conn)
+            elif version == 1:
+                self._migrate_v1(conn)
             elif version != SCHEMA_VERSION:
                 raise _Unusable(f"outbox schema version {version}, this agent knows {SCHEMA_VERSION}")
             rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             if "next_seq" not in rows:
                 raise _Unusable("no next_seq in meta")
-            conn.execute("SELECT id, kind, weight, payload FROM items LIMIT 0").fetchall()
+            conn.execute("SELECT id, kind, payload FROM items LIMIT 0").fetchall()
+            conn.execute("SELECT id, weight FROM weights LIMIT 0").fetchall()
+            sizes = Counter(_pages_for(n) for (n,) in conn.execute("SELECT length(payload) FROM items"))
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+        self._sizes = sizes
+        self._db_bytes, self._wal_bytes, self._shm_bytes = self._files()
+        self._wal_used = max(0, (self._wal_bytes - WAL_HEADER_BYTES) // FRAME_BYTES)
+        self._n_pages = conn.execute("PRAGMA page_count").fetchone()[0]
         self._evicted = Counter({k[8:]: v for k, v in rows.items() if k.startswith("evicted.") and v})
         self._acked = Counter({k[6:]: v for k, v in rows.items() if k.startswith("acked.") and v})
 
@@ -378,9 +495,9 @@ class Outbox:
         start = max(1, self._seq_reserved)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, "
-                         "weight INTEGER NOT NULL DEFAULT 1, payload BLOB NOT NULL)")
-            conn.execute("CREATE INDEX items_kind ON items (kind, id, weight)")
+            conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, payload BLOB NOT NULL)")
+            conn.execute("CREATE INDEX items_kind ON items (kind, id)")
+            conn.execute("CREATE TABLE weights (id INTEGER PRIMARY KEY, weight INTEGER NOT NULL)")
             conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
             conn.execute("INSERT INTO meta VALUES ('next_seq', ?)", (start,))
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -388,6 +505,32 @@ class Outbox:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _migrate_v1(self, conn: sqlite3.Connection) -> None:
+        """Schema 1 (``weight`` in the items row, beside the payload) to 2, in place, in one
+        small transaction: the weights above 1 are copied to ``weights``; items, seqs and
+        counters are not touched. The v1 ``items.weight`` column and its index
+        ``items_kind (kind, id, weight)`` stay, unused and never written again (dropping the
+        column would rewrite every row: the whole file through the WAL, over the budget)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] != 1:  # migrated meanwhile
+                conn.execute("ROLLBACK")
+                return
+            conn.execute("SELECT id, kind, weight, payload FROM items LIMIT 0").fetchall()
+            conn.execute("CREATE TABLE weights (id INTEGER PRIMARY KEY, weight INTEGER NOT NULL)")
+            conn.execute("INSERT INTO weights SELECT id, weight FROM items WHERE weight != 1")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            conn.execute("ROLLBACK")
+            if "no such" in str(exc) or "already exists" in str(exc):  # not the v1 schema after all
+                raise _Unusable(f"outbox schema version 1 with other tables: {exc}") from None
+            raise
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.warning("outbox %s: schema 1 migrated to %d (weights in their own table)", self.path, SCHEMA_VERSION)
 
     def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -412,23 +555,12 @@ class Outbox:
         return aside
 
     def _shrink_to_budget(self) -> None:
-        """At start: a smaller ``outbox_max_mb`` than the file was made with is applied now
-        (and the WAL left by the last run is checkpointed)."""
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        pages, free = self._pages()
-        if pages - free <= self.db_budget_pages and pages <= self.db_budget_pages and self._disk_bytes() <= self.max_bytes:
-            return
-        c = self._conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            evicted = self._enforce_budget(0)
-            self._save_counts("evicted", evicted)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        self._evicted.update(evicted)
-        c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        """At start: the WAL left by the last run is checkpointed, and a smaller
+        ``outbox_max_mb`` than the file was made with (or a budget that leaves the database less
+        than the last run did) is applied now."""
+        self._checkpoint(truncate=True)
+        self._n_pages = self._pages()[0]
+        evicted = self._make_room(0)
         if evicted:
             log.warning("outbox %s: over its %d-byte budget at start; evicted %s", self.path, self.max_bytes, dict(evicted))
 
@@ -492,23 +624,67 @@ class Outbox:
 
     def _write(self, kind: str, message: dict) -> int:
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            seq = self._next_seq()
-            if seq >= self._seq_reserved:
-                self._write_seq_file(seq + SEQ_BLOCK)
-            payload = json.dumps(dict(message, seq=seq), separators=(",", ":")).encode()
-            c.execute("INSERT INTO items (id, kind, weight, payload) VALUES (?, ?, 1, ?)", (seq, kind, payload))
-            c.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
-            evicted = self._enforce_budget(len(payload))
-            self._save_counts("evicted", evicted + self._evicted_unsaved)
-            c.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
+        seq = self._next_seq()  # (one connection, under the lock: the transaction below sees the same)
+        payload = json.dumps(dict(message, seq=seq), separators=(",", ":")).encode()
+        pages = _pages_for(len(payload))
+        incoming = (seq, kind)
+        drop = False
+        for attempt in range(2):
+            # 1. (second attempt only) this commit's WAL could not hold the evictions and the
+            # shrinking needed first: they go in transactions of their own, each fitting the WAL
+            if attempt:
+                drop = self._make_room(pages, incoming)[_INCOMING] > 0
+            # 2. checkpoint first if this transaction might not fit beside what the WAL holds
+            n_pages, free = self._pages()
+            share = self._plan(pages)[1]
+            base = self._overhead(n_pages + pages) + pages
+            want = base + ROOM_EVICTIONS * EVICT_FRAMES + VACUUM_FRAMES * max(0, n_pages - share - SPLIT_PAGES)
+            # (the file after it: an insert takes free pages first, and the evictions before it
+            # keep it within the share)
+            after = n_pages if drop else max(n_pages, min(n_pages + pages + SPLIT_PAGES - free, share + SPLIT_PAGES))
+            room = self._fit(want, after)
+            if room < want and not attempt:
+                continue
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                self._tx_sizes = Counter(self._sizes)
+                budget_frames = room - base
+                evicted: Counter[str] = Counter()
+                state = (n_pages, n_pages - free)
+                if not drop:  # 3. room for this message, by the policy (which may drop it instead)
+                    evicted, cost, fits, state = self._evict_for_room(pages, budget_frames, incoming, state)
+                    if not fits and not evicted[_INCOMING] and not attempt:
+                        c.execute("ROLLBACK")  # (nothing was written: cache_spill is off)
+                        self._tx_sizes = None
+                        continue
+                    drop = evicted.pop(_INCOMING, 0) > 0
+                    budget_frames -= cost
+                if seq >= self._seq_reserved:
+                    self._write_seq_file(seq + SEQ_BLOCK)
+                if drop:
+                    evicted[kind] += 1
+                else:
+                    c.execute("INSERT INTO items (id, kind, payload) VALUES (?, ?, ?)", (seq, kind, payload))
+                    self._tx_sizes[pages] += 1
+                    state = (max(state[0], state[1] + pages + SPLIT_PAGES), state[1] + pages + SPLIT_PAGES)
+                c.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+                # 4. the file within its pages (it has more when the database's share shrank)
+                more, cost, _, state = self._evict_for_room(0, budget_frames, None, state)
+                evicted.update(more)
+                self._save_counts("evicted", evicted + self._evicted_unsaved)
+                self._tx_estimate = room - budget_frames + cost
+                c.execute("COMMIT")
+                self._wal_used += self._tx_estimate
+            except BaseException:
+                self._rollback()
+                self._tx_sizes = None
+                raise
+            break
+        self._sizes, self._tx_sizes = +self._tx_sizes, None
+        self._n_pages = state[0]
         self._evicted.update(evicted)
         self._evicted_unsaved.clear()
-        self._bound_files()
+        self._after_commit()
         return seq
 
     def _rollback(self) -> None:
@@ -525,97 +701,294 @@ class Outbox:
                     "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
                     (f"{prefix}.{kind}", n))
 
+    # -- the budget ------------------------------------------------------------------------------------
+    def _files(self) -> tuple[int, int, int]:
+        """Sizes of the database, the WAL and the -shm index, as os.stat sees them."""
+        out = []
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                out.append(os.stat(f"{self.path}{suffix}").st_size)
+            except OSError:
+                out.append(0)
+        return out[0], out[1], out[2]
+
     def _pages(self) -> tuple[int, int]:
         c = self._conn
         return c.execute("PRAGMA page_count").fetchone()[0], c.execute("PRAGMA freelist_count").fetchone()[0]
 
-    def _enforce_budget(self, new_bytes: int) -> Counter[str]:
-        """In the open transaction: evict until the pages in use leave room for another
-        message of ``new_bytes`` within the database's share; give back free pages beyond
-        the share. Returns the evictions by kind."""
+    def _largest(self) -> int:
+        """Pages of the largest message in the outbox (as of the open transaction), at least 1."""
+        sizes = self._sizes if self._tx_sizes is None else self._tx_sizes
+        return max((p for p, n in sizes.items() if n > 0), default=1)
+
+    def _plan(self, incoming_pages: int = 0) -> tuple[int, int]:
+        """(WAL frames, database pages) for the largest message held or coming."""
+        return budget(self.max_bytes, max(incoming_pages, self._largest()))
+
+    @staticmethod
+    def _overhead(n_pages: int) -> int:
+        """WAL frames of a transaction's bookkeeping in a file of ``n_pages``."""
+        return TX_FRAMES + _ptrmap_pages(n_pages)
+
+    def _checkpoint(self, truncate: bool = False) -> None:
+        """Copy the WAL into the database (whose file takes the size of its last commit: pages
+        given back by incremental_vacuum leave the file here); the next transaction writes the
+        WAL from its start again. ``truncate``: the WAL file too is cut to nothing (else it
+        keeps its size: overwriting it costs a commit's fsync less than appending to it)."""
+        mode = "TRUNCATE" if truncate else "RESTART"
+        busy, frames, _ = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        self._wal_used = frames if busy else 0  # (busy: another process reads the file: no restart)
+        self._db_bytes, self._wal_bytes, self._shm_bytes = self._files()
+
+    def _wal_index_frames(self) -> int | None:
+        """The frames in the WAL, as SQLite's wal-index says (``mxFrame`` of its header, the
+        first 48 bytes of -shm, kept twice: https://www.sqlite.org/walformat.html); None if
+        the header cannot be read or does not look right (then the estimates stand)."""
+        try:
+            with open(f"{self.path}-shm", "rb") as f:
+                head = f.read(96)
+        except OSError:
+            return None
+        if len(head) < 96 or head[:48] != head[48:]:
+            return None
+        version, _, _, init, _, page, frames = struct.unpack("=IIIBBHI", head[:20])
+        if version != 3007000 or not init or page != PAGE_SIZE:
+            return None
+        if WAL_HEADER_BYTES + frames * FRAME_BYTES > self._wal_bytes:  # (more than the file holds)
+            return None
+        return frames
+
+    def _look(self) -> None:
+        """The files' sizes, as they are now."""
+        db, wal, self._shm_bytes = self._files()
+        if wal > self._wal_bytes:  # it grew: the last commit's frames end at its end
+            self._wal_used = (wal - WAL_HEADER_BYTES) // FRAME_BYTES
+        self._db_bytes, self._wal_bytes = db, wal
+
+    def _fit(self, frames: int, pages_after: int) -> int:
+        """Before a transaction that writes at most ``frames`` WAL frames and leaves the
+        database at most ``pages_after`` pages: checkpoint first if the files could otherwise
+        exceed the budget, at its commit (the WAL with those frames beside the database file)
+        or at the next checkpoint (the database file grown to ``pages_after`` beside that
+        WAL); the WAL file itself is truncated if its size is in the way. Returns the frames
+        the transaction may write. (The files are looked at only when the sizes known from
+        the last look, and the frames committed since, as estimated, leave too little room.)"""
+        share = self._plan()[0]  # (the WAL's share: a larger WAL only makes checkpoints longer)
+
+        def room() -> int:
+            wal = max(self._wal_bytes, WAL_HEADER_BYTES + self._wal_used * FRAME_BYTES if self._wal_used else 0)
+            avail = (self.max_bytes - max(self._db_bytes, pages_after * PAGE_SIZE)
+                     - max(self._shm_bytes, _shm_bytes(self._wal_used + frames)))
+            if wal > avail:
+                return -1
+            return min((avail - WAL_HEADER_BYTES) // FRAME_BYTES, max(share, frames)) - self._wal_used
+
+        if room() >= frames:
+            return room()
+        self._look()
+        frames_now = self._wal_index_frames()
+        if frames_now is not None and frames_now < self._wal_used:
+            self._wal_used = frames_now
+        for truncate in (False, True):
+            if room() >= frames or not self._wal_bytes:
+                break
+            self._checkpoint(truncate)
+        return room()
+
+    def _make_room(self, pages: int, incoming: tuple[int, str] | None = None) -> Counter[str]:
+        """Before a commit of a message of ``pages`` (``incoming``: its (seq, kind); none at
+        start) whose transaction could not hold the evictions and the shrinking it needs:
+        evict and give back pages in transactions of their own, each one fitting beside the
+        database file with the WAL empty, checkpointed after it (the file shrinks then), until
+        the database is within its share with room for the message. ``_INCOMING`` in the
+        result: the policy drops the incoming message itself."""
         evicted: Counter[str] = Counter()
-        room = _pages_for(new_bytes) if new_bytes else 0
-        pages, free = self._pages()
-        while pages - free + room > self.db_budget_pages:
-            kind = self._evict_one()
+        c = self._conn
+        while True:
+            in_use, limit = self._targets(pages, incoming)
+            n_pages, free = self._pages()
+            if n_pages - free <= in_use and n_pages <= limit and self._files()[0] <= limit * PAGE_SIZE:
+                return evicted
+            self._checkpoint()  # (a database file not yet truncated to its pages: this may be all)
+            if n_pages - free <= in_use and n_pages <= limit and self._files()[0] <= limit * PAGE_SIZE:
+                return evicted
+            room = self._fit(self._overhead(n_pages) + STEP_MIN_FRAMES, n_pages) - self._overhead(n_pages)
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                self._tx_sizes = Counter(self._sizes)
+                step, cost, _, state = self._evict_for_room(pages, max(STEP_MIN_FRAMES, room), incoming)
+                self._save_counts("evicted", step - Counter({_INCOMING: step[_INCOMING]}))
+                self._tx_estimate = self._overhead(n_pages) + cost
+                c.execute("COMMIT")
+                self._wal_used += self._tx_estimate
+            except BaseException:
+                self._rollback()
+                self._tx_sizes = None
+                raise
+            self._sizes, self._tx_sizes = +self._tx_sizes, None
+            self._n_pages = state[0]
+            self._evicted.update(step - Counter({_INCOMING: step[_INCOMING]}))
+            evicted.update(step)
+            self._checkpoint()
+            if step[_INCOMING] or not cost:  # dropped, or no progress (a message too large)
+                return evicted
+
+    def _targets(self, pages: int, incoming: tuple[int, str] | None) -> tuple[int, int]:
+        """(pages in use at most, pages of the file at most): before the ``incoming`` message
+        of ``pages`` goes in, room for it within the database's share; with none coming (after
+        the insert, or at start), the share and what an insert may add to it (``SPLIT_PAGES``),
+        which is also the most pages the file may have."""
+        share = self._plan(pages)[1]
+        return (share - pages if incoming is not None else share + SPLIT_PAGES), share + SPLIT_PAGES
+
+    def _evict_for_room(self, pages: int, budget_frames: int, incoming: tuple[int, str] | None,
+                        state: tuple[int, int] | None = None) -> tuple[Counter[str], int, bool, tuple[int, int]]:
+        """In the open transaction: evict until the pages in use leave room within the
+        database's share for the ``incoming`` message of ``pages`` (not yet inserted), or with
+        none coming until they are within it (``_targets``); then give back the file's pages
+        beyond it (incremental_vacuum); as far as ``budget_frames`` of WAL go. ``state``:
+        (pages, pages in use) of the database, at most, if known (SQLite is asked only when
+        they are not within the targets). Returns the evictions by kind, their WAL frames (as
+        estimated: ``EVICT_FRAMES`` a message, ``VACUUM_FRAMES`` a page given back), whether
+        the targets are met, and the new (pages, pages in use), at most."""
+        evicted: Counter[str] = Counter()
+        cost = 0
+        in_use, limit = self._targets(pages, incoming)
+        if state is not None and state[1] <= in_use and state[0] <= limit:
+            return evicted, 0, True, state
+        while True:
+            n_pages, free = self._pages()
+            fits = n_pages - free <= in_use
+            if fits or cost + EVICT_FRAMES > budget_frames:
+                break
+            kind = self._evict_one(incoming)
             if kind is None:
                 break
+            if kind == _INCOMING:
+                evicted[kind] += 1
+                return evicted, cost, False, (n_pages, n_pages - free)
             evicted[kind] += 1
-            pages, free = self._pages()
-        for _ in range(min(free, pages - self.db_budget_pages)):
+            cost += EVICT_FRAMES
+            in_use, limit = self._targets(pages, incoming)  # (the largest message may have gone)
+        vacuum = max(0, min(free, n_pages - limit, (budget_frames - cost) // VACUUM_FRAMES))
+        for _ in range(vacuum):
             # one page per statement: Python's sqlite3 steps a statement without result
             # columns once, and incremental_vacuum frees one page per step
             self._conn.execute("PRAGMA incremental_vacuum")
-        return evicted
+        n_pages -= vacuum
+        return evicted, cost + VACUUM_FRAMES * vacuum, fits and n_pages <= limit, (n_pages, n_pages - free + vacuum)
 
-    def _evict_one(self) -> str | None:
-        """Delete (or merge away) one message by the eviction policy; its kind, or None when
-        only one message is left."""
+    def _delete(self, item_id: int) -> str | None:
+        """Delete one message (and its weight); its kind, or None if it is not there."""
         c = self._conn
-        if c.execute("SELECT count(*) FROM items").fetchone()[0] <= 1:
+        row = c.execute("SELECT kind, length(payload) FROM items WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
             return None
-        summaries = c.execute("SELECT id, weight FROM items WHERE kind = 'summary' ORDER BY id").fetchall()
+        c.execute("DELETE FROM items WHERE id = ?", (item_id,))
+        if row[0] == "summary":  # (only summaries have a weight)
+            c.execute("DELETE FROM weights WHERE id = ?", (item_id,))
+        self._tx_sizes[_pages_for(row[1])] -= 1
+        return row[0]
+
+    def _evict_one(self, incoming: tuple[int, str] | None = None) -> str | None:
+        """Delete (or merge away) one message by the eviction policy; its kind, ``_INCOMING``
+        if the policy picks the message being committed (``incoming``: (seq, kind), not yet
+        inserted), or None when only one message is left."""
+        c = self._conn
+        n = c.execute("SELECT count(*) FROM items").fetchone()[0] + (incoming is not None)
+        if n <= 1:
+            return None
+        summaries = c.execute("SELECT i.id, coalesce(w.weight, 1) FROM items i LEFT JOIN weights w ON w.id = i.id "
+                              "WHERE i.kind = 'summary' ORDER BY i.id").fetchall()
+        if incoming is not None and incoming[1] == "summary":
+            summaries.append((incoming[0], 1))
         if len(summaries) >= 3:
             older = summaries[:-1]  # the newest summary is not thinned
             k = min(range(len(older) - 1), key=lambda i: (older[i][1] + older[i + 1][1], i))
             (drop, w_drop), (keep, w_keep) = older[k], older[k + 1]
-            c.execute("DELETE FROM items WHERE id = ?", (drop,))
-            c.execute("UPDATE items SET weight = ? WHERE id = ?", (w_drop + w_keep, keep))
+            self._delete(drop)
+            c.execute("INSERT INTO weights VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET weight = excluded.weight",
+                      (keep, w_drop + w_keep))
             return "summary"
         if summaries:
-            c.execute("DELETE FROM items WHERE id = ?", (summaries[0][0],))
+            if incoming is not None and summaries[0][0] == incoming[0]:
+                return _INCOMING
+            self._delete(summaries[0][0])
             return "summary"
-        victim, kind = c.execute(f"SELECT id, kind FROM items ORDER BY {_RANK_SQL}, id LIMIT 1").fetchone()
-        c.execute("DELETE FROM items WHERE id = ?", (victim,))
-        return kind
+        row = c.execute(f"SELECT id, kind, {_RANK_SQL} FROM items ORDER BY 3, id LIMIT 1").fetchone()
+        if incoming is not None and (row is None or EVICTION_RANK.get(incoming[1], 0) < row[2]):
+            return _INCOMING
+        self._delete(row[0])
+        return row[1]
 
-    def _bound_files(self) -> None:
-        """After a commit: over the budget on disk, checkpoint and truncate the WAL."""
-        if self._disk_bytes() <= self.max_bytes:
-            return
+    def _after_commit(self) -> None:
+        """After a commit: the files should be within the budget (what _fit and _make_room
+        reserved); if not (a message too large for the budget, or a transaction that wrote more
+        than reserved: counted in ``overruns``), checkpoint and truncate the WAL now."""
         try:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            wal = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            wal = 0
+        if wal > self._wal_bytes:  # it grew: this commit's frames end at its end
+            self._wal_used = (wal - WAL_HEADER_BYTES) // FRAME_BYTES
+            self._wal_bytes = wal
+        if self._db_bytes + wal + self._shm_bytes <= self.max_bytes:
+            return
+        self._look()
+        if self._db_bytes + self._wal_bytes + self._shm_bytes <= self.max_bytes:
+            return
+        largest = self._largest()
+        oversize = budget(self.max_bytes, largest)[1] < largest  # not even once beside its WAL
+        if not oversize:
+            self.overruns += 1
+        try:
+            self._checkpoint(truncate=True)
         except sqlite3.Error as exc:
             self._failed(exc, "checkpointing")
             return
-        size = self._disk_bytes()
-        if size > self.max_bytes and not self._warned_oversize:
+        size = sum(self._files())
+        if oversize and not self._warned_oversize:
             self._warned_oversize = True
             log.warning("outbox %s: %d bytes on disk, over its %d-byte budget: a single message is larger than the "
-                        "budget allows (it is kept; raise [storage] outbox_max_mb)", self.path, size, self.max_bytes)
-
-    def _disk_bytes(self) -> int:
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                total += os.stat(f"{self.path}{suffix}").st_size
-            except OSError:
-                pass
-        return total
+                        "budget allows (about half of it: its pages go through the WAL into the database; it is "
+                        "kept; raise [storage] outbox_max_mb)", self.path, size, self.max_bytes)
+        elif not oversize and self.overruns & (self.overruns - 1) == 0:  # (the 1st, 2nd, 4th, 8th...)
+            log.warning("outbox %s: a transaction took the files to more than the %d-byte budget (%d overrun(s)); "
+                        "checkpointed", self.path, self.max_bytes, self.overruns)
 
     def _delete_acked(self) -> None:
         c = self._conn
         ids = sorted(self._ack_failed)
-        acked: Counter[str] = Counter()
+        wal_frames = self._plan()[0]
+        chunk = max(1, (wal_frames - self._overhead(self._n_pages)) // EVICT_FRAMES)  # (several only after failures)
         try:
-            c.execute("PRAGMA synchronous = NORMAL")
-            try:
-                c.execute("BEGIN IMMEDIATE")
-                for item_id in ids:
-                    row = c.execute("SELECT kind FROM items WHERE id = ?", (item_id,)).fetchone()
-                    if row is not None:
-                        c.execute("DELETE FROM items WHERE id = ?", (item_id,))
-                        acked[row[0]] += 1
-                self._save_counts("acked", acked)
-                c.execute("COMMIT")
-            finally:
-                self._rollback()
-                c.execute(f"PRAGMA synchronous = {self.synchronous}")
+            for start in range(0, len(ids), chunk):
+                part = ids[start:start + chunk]
+                # deletes do not grow the file; checkpoint first if the WAL cannot take them
+                estimate = self._overhead(self._n_pages) + EVICT_FRAMES * len(part)
+                self._fit(estimate, self._n_pages)
+                c.execute("PRAGMA synchronous = NORMAL")
+                try:
+                    c.execute("BEGIN IMMEDIATE")
+                    self._tx_sizes = Counter(self._sizes)
+                    done: Counter[str] = Counter()
+                    for item_id in part:
+                        kind = self._delete(item_id)
+                        if kind is not None:
+                            done[kind] += 1
+                    self._save_counts("acked", done)
+                    self._tx_estimate = estimate
+                    c.execute("COMMIT")
+                    self._wal_used += estimate
+                    self._sizes = +self._tx_sizes
+                finally:
+                    self._tx_sizes = None
+                    self._rollback()
+                    c.execute(f"PRAGMA synchronous = {self.synchronous}")
+                self._acked.update(done)
+                self._ack_failed.difference_update(part)
         except sqlite3.Error as exc:
             self._failed(exc, "deleting acknowledged messages")
-            return
-        self._acked.update(acked)
-        self._ack_failed.clear()
 
     def _retry(self) -> None:
         if self._ack_failed:

@@ -28,6 +28,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,15 @@ MANIFEST_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
 
 
 class PackError(ValueError):
-    """The pack cannot be used; the message says why, in one line."""
+    """The pack cannot be used; the message says why, in one line.
+
+    ``reason`` (docs/UPDATES.md, verification reasons): ``manifest_hash`` when a member differs
+    from the manifest (altered, damaged, missing or unlisted), ``bad_signature`` when
+    ``signature.json`` is unreadable, else ``manifest``."""
+
+    def __init__(self, message: str, reason: str = "manifest") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -145,8 +154,9 @@ def read_pack(path: str | os.PathLike[str]) -> Pack:
             raise PackError(f"{p}: member {info.filename!r} appears twice")
         try:
             entries[info.filename] = z.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:  # CRC error, bad method
-            raise PackError(f"{p}: member {info.filename!r} is damaged: {exc}") from None
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, zlib.error) as exc:  # CRC, bad method, bad deflate data
+            raise PackError(f"{p}: member {info.filename!r} is damaged: {exc}",
+                            {MANIFEST: "manifest", SIGNATURE: "bad_signature"}.get(info.filename, "manifest_hash")) from None
     if MANIFEST not in entries:
         raise PackError(f"{p}: no {MANIFEST}: not a model pack")
     manifest_bytes = entries.pop(MANIFEST)
@@ -164,16 +174,16 @@ def read_pack(path: str | os.PathLike[str]) -> Pack:
         try:
             signature = json.loads(entries.pop(SIGNATURE))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise PackError(f"{p}: {SIGNATURE} is not JSON: {exc}") from None
+            raise PackError(f"{p}: {SIGNATURE} is not JSON: {exc}", "bad_signature") from None
     listed = manifest["members"]
     for name, digest in listed.items():
         if name not in entries:
-            raise PackError(f"{p}: member {name!r} listed in the manifest is missing")
+            raise PackError(f"{p}: member {name!r} listed in the manifest is missing", "manifest_hash")
         if sha256(entries[name]) != digest:
-            raise PackError(f"{p}: member {name!r} does not match its sha256 in the manifest (altered or corrupted)")
+            raise PackError(f"{p}: member {name!r} does not match its sha256 in the manifest (altered or corrupted)", "manifest_hash")
     extra = sorted(set(entries) - set(listed))
     if extra:
-        raise PackError(f"{p}: member(s) {', '.join(map(repr, extra))} not listed in the manifest")
+        raise PackError(f"{p}: member(s) {', '.join(map(repr, extra))} not listed in the manifest", "manifest_hash")
     return Pack(str(p), manifest, entries, manifest_bytes, signature)
 
 

@@ -33,12 +33,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from edge_agent.alerts import Hysteresis
+from edge_agent.alerts import TypedHysteresis, TypeRule, type_rules
 from edge_agent.baseline import Prediction
 from edge_agent.bearing import BearingGeometry
 from edge_agent.drift import Profile, ProfileError
@@ -89,7 +89,7 @@ class PackScorer:
         try:
             self.model = PackModel(pack, backend=cfg.model.backend, num_threads=cfg.model.num_threads)
         except NoInterpreterBackend as exc:
-            raise PackError(f"{path}: no TFLite interpreter to run it: {exc}") from None
+            raise PackError(f"{path}: no TFLite interpreter to run it: {exc}", reason="not_tflite") from None
         except PackError:
             raise
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -192,7 +192,8 @@ class PackScorer:
         return None
 
     def rules(self, cfg: Any) -> PackAlertRules:
-        return PackAlertRules(self, cfg.alerts.raise_after, cfg.alerts.raise_window, cfg.alerts.clear_after)
+        default, by_type = type_rules(cfg)
+        return PackAlertRules(self, default.raise_after, default.raise_window, default.clear_after, by_type)
 
 
 def _int_or(value: Any, default: int, path: str, key: str) -> int:
@@ -207,19 +208,21 @@ def _int_or(value: Any, default: int, path: str, key: str) -> int:
 class PackAlertRules:
     """The alert rules with a pack: the same k-of-n hysteresis as :class:`AlertRules`
     (``raise_after`` hits of the last ``raise_window`` windows raise, ``clear_after`` quiet
-    windows in a row clear), with :meth:`PackScorer.hit` deciding what a hit is. The raised
-    alert's type is the most frequent hit type among the recent windows (a fault label, or
-    ``anomaly``). At most one alert is open per channel."""
+    windows in a row clear), with :meth:`PackScorer.hit` deciding what a hit is: a fault
+    label, or ``anomaly``. At most one alert is open per channel and type; each type runs its
+    own k of n, with its own rule when the config has one (``[[alert_rule]]``)."""
 
     scorer: PackScorer
     raise_after: int
     raise_window: int
     clear_after: int
-    _hysteresis: Hysteresis | None = None
+    rules: dict[str, TypeRule] = field(default_factory=dict)  # [[alert_rule]] by type
+    _hysteresis: TypedHysteresis | None = None
     _types: set | None = None
 
     def __post_init__(self) -> None:
-        self._hysteresis = Hysteresis(self.raise_after, self.raise_window, self.clear_after)
+        self._hysteresis = TypedHysteresis(TypeRule(self.raise_after, self.raise_window, self.clear_after),
+                                           self.rules)
         self._types: set[str] = set()  # alert types seen: each keeps its own history per channel
 
     @property
@@ -241,7 +244,7 @@ class PackAlertRules:
             self._types.add(hit)
         msgs: list[dict] = []
         for kind in sorted(self._types):
-            msgs += self._hysteresis.step(f"{window.channel}|{kind}", kind if hit == kind else None,
+            msgs += self._hysteresis.step(window.channel, kind, hit == kind,
                                           lambda k: self._raised(window, pred, k))
         return msgs
 

@@ -85,7 +85,10 @@ if TYPE_CHECKING:  # the outbox class is only an annotation here
 
 log = logging.getLogger(__name__)
 STATUS_SCHEMA = 1
+WILL_KEYS = ("site", "device", "group", "agent_version", "model")  # of the birth, kept in the last will
 MAX_INFLIGHT = 20
+MAX_COMMANDS_QUEUED = 256  # commands waiting for the processing thread; beyond: dropped, counted
+INBOUND_TOPICS = ("cmd/+", "model/offer", "model/chunk/#")  # below the device's base
 CONNECT_TIMEOUT_S = 5.0  # TCP connect + TLS handshake (paho's connect_timeout)
 CONNACK_TIMEOUT_S = 10.0  # from CONNECT sent to CONNACK received
 STABLE_AFTER_S = 30.0  # a link up this long resets the backoff
@@ -313,6 +316,11 @@ class Publisher:
         self._socket_error = ""  # paho's first error log line of this attempt
         self._net_stop = threading.Event()
         self._net_thread: threading.Thread | None = None
+        # Commands and model updates from the fleet (INBOUND_TOPICS): handed over as (topic below
+        # the device's base, payload) to the processing
+        # thread, which checks and acts on them (commands.py). Bounded: a flood is dropped, counted.
+        self.commands: deque[tuple[str, bytes]] = deque()
+        self.commands_dropped = 0
 
         client_id = broker_cfg.client_id or f"edge-agent-{topics.site}-{topics.device}"
         self.client_id = client_id  # stable: the broker keeps our session under it
@@ -336,6 +344,7 @@ class Publisher:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
         self.client.on_log = self._on_log
         # Our network thread drives the socket: with this set, publish() from another thread
         # only queues the packet and wakes that thread instead of writing to the socket itself.
@@ -359,6 +368,7 @@ class Publisher:
                 "disconnects": self.disconnects,
                 "last_disconnect": self._last_loss,
                 "published": self.published,
+                "commands_dropped": self.commands_dropped,
                 "session_present": self.session_present,
                 "last_error": self.last_error,
                 "last_error_reason": self._last_reason,
@@ -384,6 +394,8 @@ class Publisher:
                  self.client_id,
                  "resumed" if self.session_present else "new")
         client.publish(self.topics.of("status"), json.dumps(self._birth()), qos=1, retain=True)
+        # the fleet's commands and model updates; again on every connect: harmless with a kept session
+        client.subscribe([(self.topics.of(t), 1) for t in INBOUND_TOPICS])
         self.connected.set()
         self.outbox.new_item.set()
 
@@ -393,6 +405,27 @@ class Publisher:
     def _on_log(self, client, userdata, level, buf) -> None:
         if level == mqtt.MQTT_LOG_ERR and not self._socket_error:
             self._socket_error = buf  # the first error of an attempt is the cause; later ones follow from it
+
+    def _on_message(self, client, userdata, message) -> None:
+        """A command or model-update message from the fleet: only queued here (paho's thread
+        stays short) as (topic below the device's base, payload); the processing thread
+        checks it. Only this device's own topics are taken."""
+        prefix = self.topics.base + "/"
+        if not message.topic.startswith(prefix):
+            return
+        if len(self.commands) >= MAX_COMMANDS_QUEUED:
+            self.commands_dropped += 1
+            return
+        self.commands.append((message.topic[len(prefix):], bytes(message.payload)))
+
+    def send_now(self, kind: str, payload: dict, retain: bool = False) -> bool:
+        """Publish outside the outbox (QoS 1): the model-update protocol's requests and
+        progress, which are about now (progress is sent again on every connect). Returns
+        False when the link is down (nothing is queued)."""
+        if not self.connected.is_set():
+            return False
+        info = self.client.publish(self.topics.of(kind), json.dumps(payload, separators=(",", ":")), qos=1, retain=retain)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # paho calls this holding its own locks (_out_message_mutex, _callback_mutex), which
@@ -444,6 +477,8 @@ class Publisher:
         self._refresh_password()
         with self._stats_lock:
             self._attempts += 1
+        # the will names the model running now (it may have changed since the last connect)
+        self.client.will_set(self.topics.of("status"), self._status_payload("offline"), qos=1, retain=True)
         try:
             self.client.reconnect()
         except Exception as exc:  # noqa: BLE001 - every failure is named and counted
@@ -526,7 +561,16 @@ class Publisher:
 
     # -- the publisher thread ---------------------------------------------------------------
     def _status_payload(self, state: str) -> str:
-        return json.dumps({"schema": STATUS_SCHEMA, "state": state, "time": time.time()})
+        """The last will / goodbye: ``state`` plus who this is (site, device, group, versions,
+        from the birth), so the fleet still finds an offline device of a group (fleet push
+        offers it the update, retained, for when it comes back)."""
+        doc = {"schema": STATUS_SCHEMA, "state": state, "time": time.time()}
+        try:
+            birth = self._birth()
+        except Exception:  # noqa: BLE001 - the will must be set even if the birth cannot be made yet
+            birth = {}
+        doc.update({k: birth[k] for k in WILL_KEYS if k in birth})
+        return json.dumps(doc)
 
     def run(self, stop: threading.Event) -> None:
         """Connect, then publish outbox items until ``stop`` is set."""

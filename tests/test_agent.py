@@ -82,9 +82,9 @@ def test_bad_block_is_counted_and_processing_goes_on(tmp_path):
     stop = threading.Event()
     t = threading.Thread(target=agent._process, args=(stop,))
     t.start()
-    agent.samples.offer(SampleBlock("x", np.zeros(8192, np.float32), 0.0, 0, 0))  # fs 0: unusable
+    agent.samples.offer((time.time(), SampleBlock("x", np.zeros(8192, np.float32), 0.0, 0, 0)))  # fs 0: unusable
     good = np.random.default_rng(0).normal(size=8192).astype(np.float32)
-    agent.samples.offer(SampleBlock("y", good, 25600.0, 0, 0))
+    agent.samples.offer((time.time(), SampleBlock("y", good, 25600.0, 0, 0)))
     deadline = time.monotonic() + 5
     while agent.windows_total == 0 and time.monotonic() < deadline:
         time.sleep(0.02)

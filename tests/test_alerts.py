@@ -54,3 +54,21 @@ def test_baseline_model_separates_fault_from_healthy_emulator_signal():
     assert max(p.anomaly_score for p in healthy) < 6.0
     assert min(p.anomaly_score for p in fault) > 6.0
     assert fault[0].top_deviations[0][0] in {"kurtosis", "crest", "impulse", "clearance", "peak", "rms"}
+
+
+def test_a_rule_for_anomaly_sets_its_own_k_of_n_and_severity():
+    from edge_agent.alerts import TypeRule
+
+    rules = AlertRules(raise_after=3, raise_window=5, clear_after=4, threshold=6.0, model_version="m",
+                       rules={"anomaly": TypeRule(2, 2, 1, severity="alarm")})
+    out = [rules.update(_window(), _pred(s)) for s in (9, 9)]
+    assert out[0] == [] and out[1][0]["severity"] == "alarm"  # 2 of 2; a score of 9 alone is a warning
+    assert rules.update(_window(), _pred(1))[0]["state"] == "cleared"
+
+
+def test_a_disabled_type_never_raises():
+    from edge_agent.alerts import TypeRule
+
+    rules = AlertRules(raise_after=1, raise_window=1, clear_after=1, threshold=6.0, model_version="m",
+                       rules={"anomaly": TypeRule(1, 1, 1, enabled=False)})
+    assert [m for _ in range(10) for m in rules.update(_window(), _pred(50))] == []

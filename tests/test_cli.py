@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from edge_agent.cli import NOT_YET, build_parser
+from edge_agent.cli import build_parser
 from cli_helpers import run_cli
 
 
@@ -57,18 +57,6 @@ def test_bad_arguments_are_one_line_exit_2(args, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert needle in lines[0] and "Traceback" not in r.stderr
-
-
-@pytest.mark.parametrize(
-    "args",
-    [["model", "verify", "a.pack"], ["fleet", "keygen", "ops"], ["fleet", "status"]],
-)
-def test_commands_not_landed_yet_say_which_issue(args):
-    r = run_cli(*args)
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not available yet; it lands with issue #" in lines[0]
-    assert args[0] in NOT_YET or " ".join(args[:2]) in NOT_YET
 
 
 def test_status_names_the_interpreter_backend(tmp_path):

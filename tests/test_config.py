@@ -218,6 +218,25 @@ def test_default_config_takes_validated_overrides(tmp_path: Path) -> None:
     pytest.param("source = []\n",
                  "edge-agent.toml:1: source: at least one [[source]] is required",
                  id="no-source"),
+    pytest.param('[[alert_rule]]\ntype = "ball"\n[[alert_rule]]\ntype = "ball"\n',
+                 'edge-agent.toml:4: alert_rule[1].type: "ball" already has a rule: alert_rule[0]',
+                 id="two-rules-for-one-type"),
+    pytest.param('[alerts]\nraise_window = 5\n[[alert_rule]]\ntype = "ball"\nraise_after = 7\n',
+                 'edge-agent.toml:3: alert_rule[0].raise_window: must be >= raise_after (7), got 5 '
+                 '(for type "ball"; 0 means the value in [alerts])', id="rule-k-over-n"),
+    pytest.param('[[alert_rule]]\ntype = "ball"\nseverity = "critical"\n',
+                 'edge-agent.toml:3: alert_rule[0].severity: must be one of "auto", "info", '
+                 '"warning", "alarm", got "critical"', id="rule-severity"),
+    pytest.param('[[alert_rule]]\nraise_after = 2\n',
+                 "edge-agent.toml:1: alert_rule[0].type: required, 1 to 64 letters, digits, "
+                 "'_', '.' or '-'", id="rule-without-type"),
+    pytest.param('[[iso_zone]]\nchannels = "s.*"\ncomponent = "gear"\n',
+                 'edge-agent.toml:3: iso_zone[0].component: must be one of "nacelle_tower", '
+                 '"main_bearing", "gearbox", "generator", got "gear" (did you mean \'gearbox\'?)',
+                 id="iso-component"),
+    pytest.param('[alert_rule]\ntype = "ball"\n',
+                 "edge-agent.toml:1: alert_rule: must be an array of tables ([[alert_rule]]), got table",
+                 id="rule-not-an-array"),
 ])
 def test_each_problem_is_one_exact_line(in_tmp: Path, text: str, expected: str) -> None:
     assert problems_of(text) == [expected]
@@ -333,6 +352,24 @@ def test_file_names_keep_their_spelling_in_problems(tmp_path: Path) -> None:
 
 
 # --- arrays of numbers and the bearing --------------------------------------------------------
+
+def test_trusted_keys_dir_must_be_a_directory(in_tmp: Path) -> None:
+    assert problems_of('[updates]\ntrusted_keys_dir = "keys"\n') == [
+        f"edge-agent.toml:2: updates.trusted_keys_dir: directory not found: {in_tmp / 'keys'}"]
+    (in_tmp / "keys").write_text("")
+    assert problems_of('[updates]\ntrusted_keys_dir = "keys"\n') == [
+        f"edge-agent.toml:2: updates.trusted_keys_dir: not a directory: {in_tmp / 'keys'}"]
+
+
+def test_alert_rules_and_iso_zones_are_parsed() -> None:
+    cfg = parse_config('[[alert_rule]]\ntype = "inner_race"\nraise_after = 1\nseverity = "alarm"\n'
+                       '[[iso_zone]]\nchannels = "serial0.*"\ncomponent = "gearbox"\n')
+    (rule,), (zone,) = cfg.alert_rules, cfg.iso_zones
+    assert (rule.type, rule.raise_after, rule.raise_window, rule.severity, rule.enabled) == \
+        ("inner_race", 1, 0, "alarm", True)
+    assert (zone.channels, zone.component) == ("serial0.*", "gearbox")
+    assert parse_config("").alert_rules == () and parse_config("").iso_zones == ()
+
 
 def test_feature_arrays_and_bearing_geometry() -> None:
     config = parse_config('[features]\nband_edges_hz = [10, 2000.5, 6000]\nenvelope_band_hz = [2000, 4000]\n'

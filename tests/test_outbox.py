@@ -1,16 +1,20 @@
 """The persistent outbox (edge_agent/outbox.py): a real SQLite file in tmp_path in every test.
 
 Ordering, seq persistence across reopen, ack/delete, the eviction policy at the cap and its
-counts, the bound on the files, the unusable-file and failed-write paths, threads; and, with
-the real mosquitto and the real Publisher, delivery across a broker outage and an agent
-restart. The SIGKILL and real write-error tests are in test_outbox_crash.py."""
+counts, the bound on the files at every instant (``FileWatch``: their sizes around every
+statement, and each transaction's WAL frames against the outbox's estimate, over varied
+loads), the migration of a schema-1 file, the unusable-file and failed-write paths, threads;
+and, with the real mosquitto and the real Publisher, delivery across a broker outage and an
+agent restart. The SIGKILL and real write-error tests are in test_outbox_crash.py."""
 from __future__ import annotations
 
 import faulthandler
 import json
 import logging
 import os
+import random
 import sqlite3
+import struct
 import sys
 import threading
 import time
@@ -150,8 +154,9 @@ def test_alerts_are_evicted_only_when_nothing_else_is_left_oldest_first(tmp_path
     assert ob.evicted == Counter({"summary": 1, "ack": 1, "alert": 1})  # in that order
     held = payloads(ob, "alert")
     assert held[0]["n"] == 1 and held[-1]["n"] == n - 1  # the oldest alert went
-    # a summary into an outbox of alerts only is the one dropped
-    ob.commit("summary", {"pad": "s" * 3000})
+    # a summary that needs room (more than the page or so an alert's eviction left free), into
+    # an outbox of alerts only, is the one dropped
+    ob.commit("summary", {"pad": "s" * 9000})
     assert ob.evicted["summary"] == 2 and payloads(ob, "summary") == []
     assert [a["n"] for a in payloads(ob, "alert")][-1] == n - 1
     assert ob.size_bytes <= cap
@@ -185,6 +190,221 @@ def test_a_lower_cap_at_start_shrinks_the_outbox(tmp_path):
     assert disk_bytes(tmp_path) <= 1 << 20
     assert ob.evicted["alert"] == 0 and ob.evicted["summary"] > 0
     assert len(payloads(ob, "alert")) == 100
+    ob.close()
+
+
+# -- the cap at every instant ---------------------------------------------------------------------------
+class FileWatch:
+    """The outbox's connection, with the three files' sizes taken (os.stat) before and after
+    every statement. In WAL mode the files change only inside a statement of this connection
+    (the WAL at COMMIT, the database file and the WAL at a checkpoint), and within one the
+    database only grows up to its size after it and the WAL only grows (COMMIT) or only
+    shrinks after the database is written (checkpoint): so the sum of each file's larger size,
+    before or after, bounds every instant. Per COMMIT, the WAL frames the transaction wrote
+    (``mxFrame`` of the wal-index header in -shm, https://www.sqlite.org/walformat.html; from 0
+    when the commit restarted the WAL, which changes its salt) are recorded beside the outbox's
+    estimate for it."""
+
+    def __init__(self, conn, path: Path, outbox: Outbox | None = None):
+        self._conn = conn
+        self.outbox = outbox
+        self.paths = [f"{path}{s}" for s in ("", "-wal", "-shm")]
+        self.peak = 0
+        self.peak_at: tuple = ()
+        self.max_db = 0
+        self.frames: list[tuple[int, int]] = []  # (written, estimated) per COMMIT
+
+    def _sizes(self) -> list[int]:
+        out = []
+        for p in self.paths:
+            try:
+                out.append(os.stat(p).st_size)
+            except OSError:
+                out.append(0)
+        return out
+
+    def _wal_index(self) -> tuple[int, bytes]:
+        """(mxFrame, salt) of the wal-index header."""
+        with open(self.paths[2], "rb") as f:
+            head = f.read(48)
+        return struct.unpack("=I", head[16:20])[0], head[32:40]
+
+    def execute(self, sql, *args):
+        commit = sql.startswith("COMMIT") and self.outbox is not None
+        mx, salt = self._wal_index() if commit else (0, b"")
+        before = self._sizes()
+        result = self._conn.execute(sql, *args)
+        after = self._sizes()
+        peak = sum(max(b, a) for b, a in zip(before, after))
+        self.max_db = max(self.max_db, before[0], after[0])
+        if peak > self.peak:
+            self.peak, self.peak_at = peak, (sql, before, after)
+        if commit:
+            mx_after, salt_after = self._wal_index()
+            written = mx_after - mx if salt_after == salt else mx_after
+            self.frames.append((written, getattr(self.outbox, "_tx_estimate", 0)))
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def _workload(name: str):
+    """(cap, [(kind, payload bytes)], ack probability): the agent's (summaries of ~60 kB among
+    alerts), smaller and larger caps, sizes that grow, shrink or are all over the place."""
+    rnd = random.Random(name)
+    if name == "agent-1MiB":
+        return 1 << 20, [("summary", rnd.randint(55_000, 62_000)) if i % 8 == 0 else ("alert", rnd.randint(500, 2000))
+                         for i in range(600)], 0.1
+    if name == "alerts-and-acks-256KiB":
+        return 256 << 10, [(rnd.choice(["alert", "ack"]), rnd.randint(100, 3000)) for _ in range(1500)], 0.1
+    if name == "random-1MiB":
+        return 1 << 20, [(rnd.choice(["alert", "ack", "summary"]), int(rnd.expovariate(1 / 20_000)))
+                         for _ in range(1000)], 0.1
+    if name == "growing-then-shrinking-1MiB":
+        return 1 << 20, [("summary", 5000 + 200 * min(i, 800 - i)) if i % 3 else ("alert", 800)
+                         for i in range(800)], 0.05
+    if name == "summaries-8MiB":
+        return 8 << 20, [("summary", rnd.randint(40_000, 90_000)) if i % 4 else ("alert", rnd.randint(300, 6000))
+                         for i in range(700)], 0.05
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", ["agent-1MiB", "alerts-and-acks-256KiB", "random-1MiB", "growing-then-shrinking-1MiB",
+                                  "summaries-8MiB"])
+def test_the_files_stay_within_the_cap_at_every_instant_commits_acks_and_checkpoints_included(tmp_path, name):
+    cap, load, ack_p = _workload(name)
+    rnd = random.Random(1)
+    ob = Outbox(tmp_path, cap)
+    watch = ob._conn = FileWatch(ob._conn, ob.path, ob)
+    for i, (kind, n) in enumerate(load):
+        ob.commit(kind, {"i": i, "pad": "x" * n})
+        if rnd.random() < ack_p:  # the publisher acks what it sent, oldest first
+            for item in ob.pending(rnd.randint(1, 3)):
+                ob.ack(item.id)
+    assert sum(ob.evicted.values()) > 0  # the cap was reached
+    assert ob.evicted["alert"] == 0 or name != "agent-1MiB"
+    for item in ob.pending(10**6):  # the link is back: everything is acked
+        ob.ack(item.id)
+    assert ob.depth() == 0
+    assert watch.peak <= cap, (watch.peak, watch.peak_at)
+    assert watch.max_db <= ob.db_budget_pages * 4096
+    over = [(w, e) for w, e in watch.frames if w > e]
+    assert not over, f"transactions that wrote more WAL frames than estimated: {over[:10]}"
+    assert ob.overruns == 0
+    ob._conn = watch._conn
+    ob.close()
+
+
+def test_a_summary_committed_at_the_cap_writes_its_own_pages_and_a_few_more(tmp_path):
+    """Thinning updates the kept summary's weight in its own table, not in the summary's row
+    (which SQLite would rewrite whole: 32 frames for a 59 kB summary), and a deleted summary's
+    pages go to the freelist unwritten (secure_delete = FAST)."""
+    ob = Outbox(tmp_path, 1 << 20)
+    watch = ob._conn = FileWatch(ob._conn, ob.path, ob)
+    for i in range(60):
+        ob.commit("summary", {"i": i, "pad": "s" * 59_000})
+    assert ob.evicted["summary"] > 20
+    at_cap = [w for w, _ in watch.frames[-30:]]
+    assert max(at_cap) <= 15 + 12, at_cap  # 15 pages of its own; was 51-57 with schema 1
+    weights = dict(ob._conn.execute("SELECT id, weight FROM weights").fetchall())
+    assert weights and max(weights.values()) >= 2 and sum(weights.values()) + 1 >= 60 - ob.evicted["summary"]
+    ob._conn = watch._conn
+    ob.close()
+
+
+def test_a_transaction_larger_than_estimated_is_caught_after_its_commit(tmp_path, monkeypatch, caplog):
+    """The safety net: with estimates far too low, the WAL goes over the budget; the commit
+    that did it counts an overrun, logs it and checkpoints, so the files are back under the
+    cap when it returns."""
+    import edge_agent.outbox as outbox_mod
+
+    ob = Outbox(tmp_path, 1 << 20)
+    monkeypatch.setattr(outbox_mod, "TX_FRAMES", -40)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.outbox"):
+        for i in range(40):
+            ob.commit("summary", {"i": i, "pad": "s" * 59_000})
+            assert ob.size_bytes <= 1 << 20
+    assert ob.overruns > 0 and "overrun" in caplog.text
+    ob.close()
+
+
+def _v1_outbox(path: Path, rows: list[tuple[int, str, int, bytes]], meta: dict[str, int]) -> None:
+    """An outbox as schema 1 made it (edge_agent 2026-11-22), written with sqlite3 alone."""
+    path.mkdir(parents=True, exist_ok=True)
+    c = sqlite3.connect(path / FILENAME, isolation_level=None)
+    c.execute("PRAGMA page_size = 4096")
+    c.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    c.execute("PRAGMA journal_mode = WAL")
+    c.execute("BEGIN IMMEDIATE")
+    c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, "
+              "weight INTEGER NOT NULL DEFAULT 1, payload BLOB NOT NULL)")
+    c.execute("CREATE INDEX items_kind ON items (kind, id, weight)")
+    c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+    c.executemany("INSERT INTO items (id, kind, weight, payload) VALUES (?, ?, ?, ?)", rows)
+    c.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+    c.execute("PRAGMA user_version = 1")
+    c.execute("COMMIT")
+    c.close()
+
+
+def _v1_rows(n: int, summary_bytes: int, first_seq: int = 1) -> list[tuple[int, str, int, bytes]]:
+    rows = []
+    for k in range(n):
+        seq, kind = first_seq + 2 * k, "alert" if k % 4 == 0 else "summary"
+        weight = 1 + (k % 3) if kind == "summary" else 1  # thinned before: weights 1, 2, 3
+        pad = "a" * 700 if kind == "alert" else "s" * summary_bytes
+        rows.append((seq, kind, weight, json.dumps({"k": k, "pad": pad, "seq": seq}, separators=(",", ":")).encode()))
+    return rows
+
+
+def test_a_schema_1_outbox_is_migrated_in_place_items_seqs_and_counters_intact(tmp_path, caplog):
+    rows = _v1_rows(40, 3000, first_seq=101)
+    meta = {"next_seq": 181, "evicted.summary": 17, "evicted.ack": 2, "acked.alert": 31, "acked.summary": 9}
+    _v1_outbox(tmp_path, rows, meta)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.outbox"):
+        ob = Outbox(tmp_path, 10 << 20)
+    assert "migrated" in caplog.text and "moved aside" not in caplog.text
+    assert ob.resets == 0 and not _aside(tmp_path)  # never taken for a corrupt file
+    assert ob._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    items = ob.pending(10**6)
+    assert [(i.seq, i.kind, i.payload) for i in items] == [(s, k, p) for s, k, _, p in rows]  # nothing lost
+    assert ob.evicted == Counter({"summary": 17, "ack": 2}) and ob.acked == Counter({"alert": 31, "summary": 9})
+    assert dict(ob._conn.execute("SELECT id, weight FROM weights").fetchall()) == {s: w for s, _, w, _ in rows if w > 1}
+    assert ob.commit("alert", {"after": "migration"}) == 181  # seq goes on
+    ob.ack(101)
+    assert ob.acked["alert"] == 32 and ob.depth() == 40
+    ob.close()
+    ob = Outbox(tmp_path, 10 << 20)  # and it opens as schema 2 from now on
+    assert ob.resets == 0 and ob.depth() == 40 and ob.commit("alert", {}) == 182
+    ob.close()
+
+
+def test_a_full_schema_1_outbox_is_migrated_and_brought_within_the_cap_at_every_instant(tmp_path, monkeypatch):
+    """A 1 MiB outbox filled by schema 1 (its database's share: 232 pages) has more than the
+    database's share now (204 pages with 56 kB summaries): at start it is migrated, then
+    summaries are thinned and pages given back in steps that each fit the budget. Alerts
+    stay; counts add up."""
+    rows = _v1_rows(22, 56_000)
+    _v1_outbox(tmp_path, rows, {"next_seq": 50, "evicted.summary": 5})
+    assert 220 * 4096 <= (tmp_path / FILENAME).stat().st_size <= 232 * 4096
+    connect = sqlite3.connect
+    watches = []
+
+    def watched(*args, **kwargs):
+        watches.append(FileWatch(connect(*args, **kwargs), args[0]))
+        return watches[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", watched)
+    ob = Outbox(tmp_path, 1 << 20)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    assert watches[0].peak <= 1 << 20, (watches[0].peak, watches[0].peak_at)
+    assert ob.resets == 0 and ob.evicted["summary"] > 5 and ob.size_bytes <= 1 << 20
+    held = {i.seq: i.payload for i in ob.pending(10**6)}
+    assert all(held[s] == p for s, _, _, p in rows if s in held)
+    assert {s for s, k, _, _ in rows if k == "alert"} <= set(held)  # every alert kept
+    assert len(held) + ob.evicted["summary"] - 5 == len(rows)
+    ob._conn = watches[0]._conn
     ob.close()
 
 

@@ -153,3 +153,19 @@ def test_anomaly_alert_when_the_classifier_says_normal(scorer):
     msgs = [m for i in range(5) for m in rules.update(_window(i), _pred("normal", 0.7, 8.0))]
     assert len(msgs) == 1 and msgs[0]["type"] == "anomaly" and msgs[0]["severity"] == "alarm"
     assert "anomaly score 8.00" in msgs[0]["explanation"]
+
+
+def test_per_type_rules_from_the_config(scorer):
+    """[[alert_rule]]: inner_race raises on its first window with a fixed severity, outer_race
+    is switched off, anomaly keeps [alerts] (3 of 5)."""
+    cfg = default_config(alert_rule=[
+        {"type": "inner_race", "raise_after": 1, "raise_window": 1, "clear_after": 2, "severity": "info"},
+        {"type": "outer_race", "enabled": False}])
+    rules = scorer.rules(cfg)
+    first = rules.update(_window(0, "ir"), _pred("inner_race", 0.95, 1.0))
+    assert [(m["type"], m["state"], m["severity"]) for m in first] == [("inner_race", "open", "info")]
+    quiet = [m for i in range(1, 3) for m in rules.update(_window(i, "ir"), _pred("normal", 0.95, 1.0))]
+    assert [m["state"] for m in quiet] == ["cleared"]  # after its own 2, not [alerts]' 10
+    assert [m for i in range(20) for m in rules.update(_window(i, "or"), _pred("outer_race", 0.99, 2.0))] == []
+    anomaly = [[m["type"] for m in rules.update(_window(i, "an"), _pred("normal", 0.9, 5.0))] for i in range(3)]
+    assert anomaly == [[], [], ["anomaly"]]

@@ -423,6 +423,13 @@ def test_the_agent_keeps_processing_while_the_broker_is_unreachable(tmp_path, pk
         assert thread.is_alive()
         snap = agent.snapshot()
         assert snap["broker"]["connected"] is False and snap["counters"]["processing_errors"] == 0
+        # the uplink's failures are in the status file, the summary and `edge-agent status`
+        assert snap["broker"]["failures_by_reason"]["tls_certificate"] >= 3
+        assert agent.summary()["uplink"]["failures_by_reason"]["tls_certificate"] >= 3
+        from edge_agent.cli import _describe_link
+        line = _describe_link(snap["broker"])
+        assert "not connected (TLS)" in line and "failed attempts (tls_certificate " in line
+        assert "last error: tls_certificate: the broker's certificate was not accepted" in line
     finally:
         stop.set()
         thread.join(timeout=10)

@@ -1,0 +1,222 @@
+"""Judging a model on live windows: the shadow gate before a candidate takes over, and the
+health check after it did (docs/UPDATES.md, "Shadow, activation, health, rollback").
+
+Both only count; they never score. The agent scores each batch with the active model and,
+in shadow, with the candidate too, and hands both predictions here. A *hit* is a window
+that counts toward an alert (``hit_of``): the pack's rule (a fault label with enough
+confidence, or an anomaly score at or above the pack's threshold), or for the built-in
+baseline an anomaly score at or above its threshold. Rates are hits / windows.
+
+Shadow gate (over ``shadow_windows`` candidate windows):
+  agreement = matched windows with the same top label / matched windows (only when both
+              models are packs with the same labels; else not judged and reported ``None``)
+  extra alert rate = candidate hit rate - active hit rate
+  latency ratio = candidate seconds per window / active seconds per window
+  pass = no NaN/Inf, agreement >= min (when judged), extra alert rate <= max, ratio <= max.
+The anomaly-score distributions are reported (p50, p99 and the two-sample KS statistic
+D = sup |F_a(x) - F_c(x)|, Massey 1951) for the operator; a new model may have another
+score scale, so they are not gated.
+
+Health check (over ``health_windows`` windows after an activation): roll back on a
+processing error, a NaN/Inf output, seconds per window beyond ``max_latency_ratio`` x the
+previous model's, or a hit rate beyond ``max_alert_rate`` when the previous model's recent
+hit rate was below it (a model that calls every window a fault; a real fault already seen
+by the previous model is not held against the new one).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.baseline import Prediction
+
+
+def hit_of(model: Any, pred: Prediction) -> bool:
+    """Does this window count toward an alert with this model?"""
+    hit = getattr(model, "hit", None)
+    if hit is not None:
+        return hit(pred) is not None
+    return pred.label != "learning" and pred.anomaly_score >= model.threshold
+
+
+def finite(pred: Prediction) -> bool:
+    return math.isfinite(pred.anomaly_score) and all(math.isfinite(v) for v in pred.scores.values())
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov D over the pooled sample points."""
+    if len(a) == 0 or len(b) == 0:
+        return float("nan")
+    a, b = np.sort(a), np.sort(b)
+    x = np.concatenate([a, b])
+    return float(np.max(np.abs(np.searchsorted(a, x, "right") / len(a) - np.searchsorted(b, x, "right") / len(b))))
+
+
+def _quantiles(x: np.ndarray) -> dict[str, float | None]:
+    if len(x) == 0:
+        return {"p50": None, "p99": None}
+    p50, p99 = np.percentile(x, [50, 99])
+    return {"p50": round(float(p50), 4), "p99": round(float(p99), 4)}
+
+
+class RecentHits:
+    """The running model's last n windows as hit / no hit: the health check's yardstick."""
+
+    def __init__(self, n: int) -> None:
+        self._hits: deque[bool] = deque(maxlen=n)
+        self.seconds = 0.0
+        self.windows = 0
+
+    def add(self, hits: Sequence[bool], seconds: float) -> None:
+        self._hits.extend(hits)
+        self.seconds += seconds
+        self.windows += len(hits)
+
+    @property
+    def rate(self) -> float | None:
+        return sum(self._hits) / len(self._hits) if self._hits else None
+
+    @property
+    def seconds_per_window(self) -> float | None:
+        return self.seconds / self.windows if self.windows else None
+
+
+@dataclass
+class ShadowGate:
+    windows: int
+    min_agreement: float
+    max_extra_alert_rate: float
+    max_latency_ratio: float
+    compare_labels: bool  # both packs with the same labels
+    active_n: int = 0
+    active_hits: int = 0
+    active_seconds: float = 0.0
+    cand_n: int = 0
+    cand_hits: int = 0
+    cand_seconds: float = 0.0
+    matched: int = 0
+    agreed: int = 0
+    nonfinite: int = 0
+    active_scores: list[float] = field(default_factory=list)
+    cand_scores: list[float] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.cand_n >= self.windows or self.nonfinite > 0
+
+    def add_active(self, model: Any, preds: Sequence[Prediction], seconds: float) -> None:
+        preds = [p for p in preds if p.label != "learning"]
+        self.active_n += len(preds)
+        self.active_hits += sum(hit_of(model, p) for p in preds)
+        self.active_seconds += seconds
+        self.active_scores += [p.anomaly_score for p in preds if math.isfinite(p.anomaly_score)]
+
+    def add_candidate(self, model: Any, preds: Sequence[Prediction], seconds: float,
+                      active: Sequence[Prediction | None] = ()) -> None:
+        """``active``: the active model's prediction of the same window, when it had one."""
+        self.cand_n += len(preds)
+        self.cand_seconds += seconds
+        for i, p in enumerate(preds):
+            if not finite(p):
+                self.nonfinite += 1
+                continue
+            self.cand_hits += hit_of(model, p)
+            self.cand_scores.append(p.anomaly_score)
+            a = active[i] if i < len(active) else None
+            if self.compare_labels and a is not None and a.label != "learning":
+                self.matched += 1
+                self.agreed += a.label == p.label
+
+    def figures(self) -> dict[str, Any]:
+        a_rate = self.active_hits / self.active_n if self.active_n else 0.0
+        c_rate = self.cand_hits / self.cand_n if self.cand_n else 0.0
+        a_spw = self.active_seconds / self.active_n if self.active_n else None
+        c_spw = self.cand_seconds / self.cand_n if self.cand_n else None
+        a_sc, c_sc = np.asarray(self.active_scores), np.asarray(self.cand_scores)
+        return {
+            "windows": self.cand_n,
+            "agreement": round(self.agreed / self.matched, 4) if self.compare_labels and self.matched else None,
+            "matched_windows": self.matched,
+            "active_alert_rate": round(a_rate, 4),
+            "candidate_alert_rate": round(c_rate, 4),
+            "latency_ratio": round(c_spw / a_spw, 3) if a_spw and c_spw else None,
+            "nonfinite": self.nonfinite,
+            "anomaly_score": {"active": _quantiles(a_sc), "candidate": _quantiles(c_sc),
+                              "ks": round(ks_statistic(a_sc, c_sc), 4) if len(a_sc) and len(c_sc) else None},
+        }
+
+    def verdict(self) -> tuple[bool, str]:
+        """(passed, why not): judged once ``done``."""
+        f = self.figures()
+        if self.nonfinite:
+            return False, f"the candidate gave NaN/Inf outputs on {self.nonfinite} windows"
+        if f["agreement"] is not None and f["agreement"] < self.min_agreement:
+            return False, f"agreement {f['agreement']:.3f} with the active model is below {self.min_agreement:g}"
+        extra = f["candidate_alert_rate"] - f["active_alert_rate"]
+        if extra > self.max_extra_alert_rate:
+            return False, (f"alert-window rate {f['candidate_alert_rate']:.3f} against the active model's "
+                           f"{f['active_alert_rate']:.3f}: +{extra:.3f}, more than {self.max_extra_alert_rate:g}")
+        if f["latency_ratio"] is not None and f["latency_ratio"] > self.max_latency_ratio:
+            return False, f"inference time {f['latency_ratio']:.2f}x the active model's, more than {self.max_latency_ratio:g}x"
+        return True, ""
+
+
+@dataclass
+class HealthCheck:
+    windows: int
+    max_alert_rate: float
+    max_latency_ratio: float
+    previous_alert_rate: float | None  # the previous model's recent hit rate
+    previous_seconds_per_window: float | None
+    n: int = 0
+    hits: int = 0
+    seconds: float = 0.0
+    nonfinite: int = 0
+    errors: int = 0
+
+    def add(self, model: Any, preds: Sequence[Prediction], seconds: float) -> None:
+        preds = [p for p in preds if p.label != "learning"]
+        self.n += len(preds)
+        self.seconds += seconds
+        for p in preds:
+            if not finite(p):
+                self.nonfinite += 1
+            elif hit_of(model, p):
+                self.hits += 1
+
+    def add_error(self) -> None:
+        self.errors += 1
+
+    def figures(self) -> dict[str, Any]:
+        spw = self.seconds / self.n if self.n else None
+        prev = self.previous_seconds_per_window
+        return {"windows": self.n, "alert_rate": round(self.hits / self.n, 4) if self.n else None,
+                "previous_alert_rate": None if self.previous_alert_rate is None else round(self.previous_alert_rate, 4),
+                "latency_ratio": round(spw / prev, 3) if spw and prev else None,
+                "nonfinite": self.nonfinite, "processing_errors": self.errors}
+
+    def problem(self) -> str | None:
+        """The reason to roll back now, else None (checked after every batch)."""
+        if self.errors:
+            return f"{self.errors} processing error(s) with the new model"
+        if self.nonfinite:
+            return f"NaN/Inf outputs on {self.nonfinite} windows"
+        if self.n < self.windows:
+            return None
+        f = self.figures()
+        if f["latency_ratio"] is not None and f["latency_ratio"] > self.max_latency_ratio:
+            return f"inference time {f['latency_ratio']:.2f}x the previous model's, more than {self.max_latency_ratio:g}x"
+        prev = self.previous_alert_rate
+        if f["alert_rate"] > self.max_alert_rate and (prev is None or prev <= self.max_alert_rate):
+            return (f"alert-window rate {f['alert_rate']:.3f} over {self.n} windows, more than {self.max_alert_rate:g} "
+                    f"(previous model: {'unknown' if prev is None else f'{prev:.3f}'})")
+        return None
+
+    @property
+    def passed(self) -> bool:
+        return self.n >= self.windows and self.problem() is None

@@ -1,0 +1,101 @@
+"""The shadow gate and the health check (edge_agent/model_watch.py) on hand-made predictions;
+the end-to-end behaviour with real agents is in tests/test_updates.py."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from edge_agent.baseline import Prediction
+from edge_agent.model_watch import HealthCheck, RecentHits, ShadowGate, hit_of, ks_statistic
+
+
+class Pack:  # what model_watch needs of a pack scorer: its hit rule
+    def hit(self, p):
+        return p.label if p.label != "normal" else None
+
+
+class Baseline:
+    threshold = 6.0
+
+
+def _p(label="normal", score=1.0):
+    return Prediction(label, score, {label: 0.9}, ())
+
+
+def test_hit_of_a_pack_and_of_the_baseline():
+    assert hit_of(Pack(), _p("ball")) and not hit_of(Pack(), _p("normal"))
+    assert hit_of(Baseline(), _p("anomaly", 7.0)) and not hit_of(Baseline(), _p("normal", 5.9))
+    assert not hit_of(Baseline(), _p("learning", 99.0))
+
+
+def test_ks_statistic_is_scipys():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=300), rng.normal(0.3, 1.2, size=200)
+    assert ks_statistic(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic, abs=1e-12)
+
+
+def _gate(**kw):
+    args = dict(windows=10, min_agreement=0.9, max_extra_alert_rate=0.05, max_latency_ratio=3.0, compare_labels=True)
+    args.update(kw)
+    return ShadowGate(**args)
+
+
+def test_an_agreeing_candidate_passes_with_its_figures():
+    g = _gate()
+    active = [_p("normal")] * 9 + [_p("ball")]
+    g.add_active(Pack(), active, 0.010)
+    g.add_candidate(Pack(), list(active), 0.012, active)
+    assert g.done and g.verdict() == (True, "")
+    f = g.figures()
+    assert (f["agreement"], f["active_alert_rate"], f["candidate_alert_rate"], f["latency_ratio"]) == (1.0, 0.1, 0.1, 1.2)
+
+
+@pytest.mark.parametrize("cand, seconds, words", [
+    ([_p("ball")] * 10, 0.01, "agreement 0.000"),
+    ([_p("normal", float("nan"))] + [_p("normal")] * 9, 0.01, "NaN/Inf outputs on 1 windows"),
+    ([_p("normal")] * 10, 0.05, "inference time 5.00x"),
+])
+def test_a_failing_candidate_is_rejected_with_the_reason(cand, seconds, words):
+    g = _gate()
+    active = [_p("normal")] * 10
+    g.add_active(Pack(), active, 0.01)
+    g.add_candidate(Pack(), cand, seconds, active)
+    passed, why = g.verdict()
+    assert not passed and words in why
+
+
+def test_extra_alerts_fail_the_gate_even_without_label_agreement():
+    g = _gate(compare_labels=False)  # e.g. the baseline active, a pack as candidate
+    g.add_active(Baseline(), [_p("normal", 1.0)] * 10, 0.01)
+    g.add_candidate(Pack(), [_p("inner_race")] * 2 + [_p("normal")] * 8, 0.01)
+    passed, why = g.verdict()
+    assert g.figures()["agreement"] is None and not passed and "+0.200" in why
+
+
+def test_health_check_rolls_back_a_loud_model_but_not_during_a_real_fault():
+    loud = HealthCheck(windows=20, max_alert_rate=0.5, max_latency_ratio=5, previous_alert_rate=0.0,
+                       previous_seconds_per_window=0.001)
+    loud.add(Pack(), [_p("ball")] * 19, 0.019)
+    assert loud.problem() is None  # not yet judged: 19 < 20
+    loud.add(Pack(), [_p("ball")], 0.001)
+    assert "alert-window rate 1.000 over 20 windows" in loud.problem()
+    fault = HealthCheck(20, 0.5, 5, previous_alert_rate=0.9, previous_seconds_per_window=0.001)
+    fault.add(Pack(), [_p("ball")] * 20, 0.02)
+    assert fault.problem() is None and fault.passed
+
+
+def test_health_check_errors_nan_and_latency():
+    h = HealthCheck(10, 0.5, 5, 0.0, 0.001)
+    h.add(Pack(), [_p("normal", float("inf"))], 0.001)
+    assert "NaN/Inf" in h.problem()
+    h = HealthCheck(10, 0.5, 5, 0.0, 0.001)
+    h.add_error()
+    assert "processing error" in h.problem()
+    h = HealthCheck(10, 0.5, 5, 0.0, 0.001)
+    h.add(Pack(), [_p("normal")] * 10, 0.1)  # 10 ms a window against 1 ms
+    assert "inference time 10.00x" in h.problem()
+
+
+def test_recent_hits_is_bounded():
+    r = RecentHits(5)
+    r.add([True] * 10 + [False] * 5, 0.015)
+    assert r.rate == 0.0 and r.seconds_per_window == pytest.approx(0.001)
