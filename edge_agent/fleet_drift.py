@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
+from edge_agent.fleet_mqtt import parse_broker, positive_float
 from edge_agent.sketches import SKETCH_KIND
 
 OUTPUT_SCHEMA = 1
@@ -648,16 +649,6 @@ def collect_broker(opts: BrokerOptions, merger: FleetDrift) -> str | None:
 
 
 # ------------------------------------------------------------------------------ command line
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
 def _k(text: str) -> int:
     try:
         v = int(text)
@@ -676,28 +667,6 @@ def _min_windows(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return v
-
-
-def _broker(text: str) -> tuple[str, int]:
-    host, port = text, 1883
-    if text.startswith("["):  # [v6]:port
-        end = text.find("]")
-        if end < 0:
-            raise argparse.ArgumentTypeError(f"not HOST[:PORT]: {text!r}")
-        host, rest = text[1:end], text[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise argparse.ArgumentTypeError(f"not HOST[:PORT]: {text!r}")
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    try:
-        port = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port is not a number: {text!r}") from None
-    if not host or not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"needs a host and a port from 1 to 65535, got {text!r}")
-    return host, port
 
 
 def _since(text: str) -> float:
@@ -746,9 +715,9 @@ def add_drift_parser(fleet_sub: Any) -> argparse.ArgumentParser:
                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", metavar="FILE", help="summaries: JSON lines or one JSON object; - = stdin")
     live = p.add_argument_group("live from the broker")
-    live.add_argument("--broker", type=_broker, metavar="HOST[:PORT]", help="subscribe to {prefix}/+/+/summary, QoS 1 (port default 1883)")
+    live.add_argument("--broker", type=parse_broker, metavar="HOST[:PORT]", help="subscribe to {prefix}/+/+/summary, QoS 1 (port default 1883)")
     live.add_argument("--prefix", default="pdm", metavar="P", help="topic prefix (default pdm)")
-    live.add_argument("--seconds", type=_positive_float, metavar="N", help="collect for N seconds (required with --broker)")
+    live.add_argument("--seconds", type=positive_float, metavar="N", help="collect for N seconds (required with --broker)")
     live.add_argument("--tls", action="store_true", help="connect with TLS")
     live.add_argument("--ca-file", metavar="FILE", help="CA certificates (PEM); default the system store")
     live.add_argument("--cert-file", metavar="FILE", help="client certificate (PEM), with --key-file")
@@ -760,8 +729,8 @@ def add_drift_parser(fleet_sub: Any) -> argparse.ArgumentParser:
     ref.add_argument("--pack", action="append", default=[], metavar="PACK",
                      help="model pack whose 'name version' is a summaries' model_version (repeatable); with "
                      "packs, summaries of other model versions are skipped")
-    ref.add_argument("--psi-warn", type=_positive_float, default=0.1, metavar="X", help="PSI at or above: warn (default 0.1)")
-    ref.add_argument("--psi-drift", type=_positive_float, default=0.25, metavar="X", help="PSI at or above: drift (default 0.25)")
+    ref.add_argument("--psi-warn", type=positive_float, default=0.1, metavar="X", help="PSI at or above: warn (default 0.1)")
+    ref.add_argument("--psi-drift", type=positive_float, default=0.25, metavar="X", help="PSI at or above: drift (default 0.25)")
     ref.add_argument("--min-windows", type=_min_windows, default=200, metavar="N",
                      help="windows a group needs to be judged (default 200)")
     ref.add_argument("--k", type=_k, metavar="K", help="the k every sketch must have (default: the first merged "

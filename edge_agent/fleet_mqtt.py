@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import ssl
 import threading
@@ -79,6 +80,17 @@ def parse_broker(text: str) -> tuple[str, int]:
     if not host or not 1 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"needs a host and a port from 1 to 65535, got {text!r}")
     return host, number
+
+
+def positive_float(text: str) -> float:
+    """argparse type of seconds, percentages and thresholds: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
 
 
 def parse_prefix(text: str) -> str:

@@ -49,7 +49,7 @@ from typing import Any, Callable, TextIO
 from edge_agent import update_transfer as transfer
 from edge_agent.update_transfer import new_update_id  # noqa: F401 (part of this module's API)
 from edge_agent.fleet_mqtt import (
-    FleetConnection, FleetMqttError, MqttOptions, add_broker_arguments, clean, device_name_problem,
+    FleetConnection, FleetMqttError, MqttOptions, add_broker_arguments, clean, positive_float, device_name_problem,
     device_topic, load_json_object, options_from_args, wait_published,
 )
 
@@ -462,18 +462,8 @@ def check_pack(path: str, trusted_sources: list[str]) -> tuple[Any, bytes, str]:
 
 
 # ------------------------------------------------------------------------------ command line
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
 def _percent(text: str) -> float:
-    v = _positive_float(text)
+    v = positive_float(text)
     if v > 100:
         raise argparse.ArgumentTypeError(f"must be from 0 (excluded) to 100, got {text}")
     return v
@@ -529,9 +519,9 @@ def add_push_parser(fleet_sub: Any) -> argparse.ArgumentParser:
                    help="check the signature against this public key (NAME.pub) or directory of *.pub; repeatable")
     p.add_argument("--chunk-kb", type=_chunk_kb, default=16, metavar="KB",
                    help="chunk size in KiB (default 16; at most the devices' [updates] max_chunk_kb)")
-    p.add_argument("--timeout", type=_positive_float, default=600.0, metavar="S",
+    p.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
                    help="give up after S seconds from the first offer (default 600)")
-    p.add_argument("--discover-s", type=_positive_float, default=2.0, metavar="S",
+    p.add_argument("--discover-s", type=positive_float, default=2.0, metavar="S",
                    help="collect retained statuses for S seconds to find a GROUP's devices (default 2)")
     p.add_argument("--json", action="store_true", help="the result as one JSON object on stdout")
     add_broker_arguments(p)

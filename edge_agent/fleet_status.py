@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from edge_agent.fleet_mqtt import (
-    FleetConnection, FleetMqttError, MqttOptions, add_broker_arguments, clean, device_topic, load_json_object,
+    FleetConnection, FleetMqttError, MqttOptions, add_broker_arguments, clean, device_topic, load_json_object, positive_float,
     options_from_args,
 )
 
@@ -180,16 +180,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------ command line
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
 DESCRIPTION = """\
 A table of every device under the prefix, from the retained status and model/progress
 messages (and the latest summary when one arrives): online, agent version, model version,
@@ -202,7 +192,7 @@ def add_status_parser(fleet_sub: Any) -> argparse.ArgumentParser:
     """``fleet status`` under the ``fleet`` subcommands of the edge-agent parser."""
     p = fleet_sub.add_parser("status", help="table of the devices: online, versions, update state, health, alerts",
                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=_positive_float, default=2.0, metavar="N",
+    p.add_argument("--seconds", type=positive_float, default=2.0, metavar="N",
                    help="collect for N seconds before printing (default 2)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")

@@ -10,6 +10,10 @@ its file mode is its protection, so a key readable by others is refused) and ``N
 (SubjectPublicKeyInfo PEM). A key is named by its **key id**, the first 16 hex digits of the
 sha256 of the raw 32-byte public key.
 
+``cryptography`` is imported only where a key is made, a pack signed, or a signature checked:
+the daemon loads its trusted keys with a plain PEM parse (:class:`TrustedKey`), so the 8-9 MB
+the library maps stay out of its memory until the first update arrives (issue #9 footprint).
+
 Failures are one-line exceptions: :class:`KeyFileError` for key files, :class:`SignatureError`
 (with ``reason``, one of :data:`REASONS`) for a pack that does not verify.
 """
@@ -24,11 +28,7 @@ import re
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, NamedTuple, Union
 
 from edge_agent.pack import MANIFEST, SIGNATURE, Pack, PackError, add_signature, read_pack
 
@@ -39,6 +39,13 @@ ALGORITHM = "ed25519"
 REASONS = ("unsigned", "unknown_key", "bad_signature", "manifest_hash", "manifest")
 MAX_KEY_FILE_BYTES = 16 * 1024
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
+# An Ed25519 SubjectPublicKeyInfo in DER is this 12-byte header (SEQUENCE, AlgorithmIdentifier
+# with OID 1.3.101.112, BIT STRING of 33 bytes) and the 32-byte key (RFC 8410, section 4).
+_ED25519_SPKI_HEADER = bytes.fromhex("302a300506032b6570032100")
+_PEM_PUBLIC = re.compile(rb"\A\s*-----BEGIN PUBLIC KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END PUBLIC KEY-----\s*\Z")
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 
 class KeyFileError(ValueError):
@@ -58,14 +65,43 @@ class SignatureError(ValueError):
         return f"{self.reason}: {self.message}"
 
 
+class TrustedKey:
+    """A trusted Ed25519 public key as its 32 raw bytes; ``cryptography`` is loaded at the
+    first :meth:`verify`."""
+
+    __slots__ = ("raw", "_key")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != 32:
+            raise ValueError("an Ed25519 public key is 32 bytes")
+        self.raw = bytes(raw)
+        self._key: Ed25519PublicKey | None = None
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """Raises cryptography's InvalidSignature when ``signature`` is not over ``data``."""
+        if self._key is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+            self._key = Ed25519PublicKey.from_public_bytes(self.raw)
+        self._key.verify(signature, data)
+
+
+PublicKey = Union["Ed25519PublicKey", TrustedKey]
+
+
 class TrustedKeys(NamedTuple):
-    keys: dict[str, Ed25519PublicKey]  # key id -> key
+    keys: dict[str, PublicKey]  # key id -> key
     problems: list[str]  # one line per file skipped
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+def _raw(public_key: PublicKey) -> bytes:
+    if isinstance(public_key, TrustedKey):
+        return public_key.raw
+    from cryptography.hazmat.primitives import serialization
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(public_key: PublicKey) -> str:
+    return hashlib.sha256(_raw(public_key)).hexdigest()[:16]
 
 
 def keygen(name_path_prefix: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -75,6 +111,9 @@ def keygen(name_path_prefix: str | os.PathLike[str]) -> tuple[Path, Path]:
     for p in (key_path, pub_path):
         if os.path.lexists(p):
             raise KeyFileError(f"{p} exists; refusing to overwrite a key (choose another NAME or move it away)")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     key_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
@@ -124,6 +163,10 @@ def _read_key_file(path: Path, private: bool) -> bytes:
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     p = Path(path)
     data = _read_key_file(p, private=True)
     try:
@@ -140,7 +183,14 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     p = Path(path)
-    data = _read_key_file(p, private=False)
+    return _public_key_from_pem(p, _read_key_file(p, private=False))
+
+
+def _public_key_from_pem(p: Path, data: bytes) -> Ed25519PublicKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if b"PRIVATE KEY" in data:
         raise KeyFileError(f"{p}: a private key; trust the public key (NAME.pub) instead, and keep this one secret")
     try:
@@ -152,6 +202,23 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     return key
 
 
+def _trusted_key(path: Path) -> TrustedKey:
+    """A ``NAME.pub`` as a :class:`TrustedKey` by a plain parse of its PEM (RFC 7468) and
+    DER; a file that is not exactly that is handed to ``cryptography``."""
+    data = _read_key_file(path, private=False)
+    m = _PEM_PUBLIC.match(data)
+    if m is not None:
+        try:
+            der = base64.b64decode(b"".join(m[1].split()), validate=True)
+        except (binascii.Error, ValueError):
+            der = b""
+        if len(der) == 44 and der.startswith(_ED25519_SPKI_HEADER):
+            return TrustedKey(der[12:])
+    # anything else: cryptography says what is wrong (KeyFileError), or reads a form of PEM
+    # this parse does not (e.g. with explanatory text around it)
+    return TrustedKey(_raw(_public_key_from_pem(path, data)))
+
+
 def load_trusted_keys(sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                       log_problems: bool = True) -> TrustedKeys:
     """Public keys from files and directories (a directory: its ``*.pub``, not recursive).
@@ -160,7 +227,7 @@ def load_trusted_keys(sources: str | os.PathLike[str] | Iterable[str | os.PathLi
     warning unless ``log_problems`` is false: the CLI prints them itself); callers decide
     whether a problem is fatal. Never raises for a bad file."""
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    keys: dict[str, Ed25519PublicKey] = {}
+    keys: dict[str, PublicKey] = {}
     problems: list[str] = []
 
     def skip(problem: str) -> None:
@@ -178,7 +245,7 @@ def load_trusted_keys(sources: str | os.PathLike[str] | Iterable[str | os.PathLi
             files = [src]
         for f in files:
             try:
-                key = load_public_key(f)
+                key = _trusted_key(f)
             except KeyFileError as exc:
                 skip(f"skipped {exc}")
                 continue
@@ -212,7 +279,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def verify_pack_signature(pack: Pack, trusted: Mapping[str, Ed25519PublicKey]) -> str:
+def verify_pack_signature(pack: Pack, trusted: Mapping[str, PublicKey]) -> str:
     """Check ``pack``'s signature against ``trusted`` (key id -> key); return the key id.
 
     Raises SignatureError: ``unsigned``, ``unknown_key`` or ``bad_signature`` (which also
@@ -242,6 +309,8 @@ def verify_pack_signature(pack: Pack, trusted: Mapping[str, Ed25519PublicKey]) -
         raise bad("signature is not valid base64") from None
     if len(sig) != 64:
         raise bad(f"signature is {len(sig)} bytes, an Ed25519 signature is 64")
+    from cryptography.exceptions import InvalidSignature
+
     key = trusted.get(kid)
     if key is None:
         known = ", ".join(sorted(trusted)) or "none"
@@ -254,7 +323,7 @@ def verify_pack_signature(pack: Pack, trusted: Mapping[str, Ed25519PublicKey]) -
     return kid
 
 
-def verify_pack_file(path: str | os.PathLike[str], trusted: Mapping[str, Ed25519PublicKey]) -> Pack:
+def verify_pack_file(path: str | os.PathLike[str], trusted: Mapping[str, PublicKey]) -> Pack:
     """Read, check and verify a pack file; return it. Every failure is a SignatureError whose
     message does not repeat the path: ``manifest_hash`` / ``manifest`` (from PackError),
     ``bad_signature`` for an unreadable ``signature.json``, or those of verify_pack_signature."""

@@ -388,3 +388,31 @@ def test_cli_sign_refuses_a_damaged_pack(tmp_path, pack):
     ops = keygen(tmp_path / "ops")
     _flip_in_member(pack, "model.tflite", 1000)
     assert "damaged" in _one_line_error(run_cli("fleet", "sign", str(pack), "--key", str(ops[0])))
+
+
+def test_the_daemon_loads_trusted_keys_without_cryptography_until_it_verifies(tmp_path, ops, pack):
+    """load_trusted_keys parses NAME.pub itself (RFC 8410 DER in PEM), so the daemon does not
+    map cryptography (8-9 MB) before an update arrives; the key it makes verifies exactly as
+    cryptography's own, and a PEM with text around it still loads."""
+    import subprocess
+    import sys
+
+    sign_pack(pack, load_private_key(ops[0]))
+    wrapped = tmp_path / "wrapped.pub"
+    wrapped.write_bytes(b"ops key, made 2026-12-03\n" + ops[1].read_bytes() + b"trailing words\n")
+    code = f"""
+import sys
+from edge_agent.signing import load_trusted_keys, key_id
+from edge_agent.pack import read_pack
+from edge_agent import agent, updater, pack_verify  # the daemon's imports
+found = load_trusted_keys([{str(ops[1])!r}])
+assert not found.problems and 'cryptography' not in sys.modules, sorted(m for m in sys.modules if 'crypt' in m)
+from edge_agent.signing import verify_pack_signature
+kid = verify_pack_signature(read_pack({str(pack)!r}), found.keys)
+print(kid, 'cryptography' in sys.modules)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [key_id(load_public_key(ops[1])), "True"]
+    both = load_trusted_keys([ops[1], wrapped], log_problems=False)
+    assert not both.problems and list(both.keys) == [key_id(load_public_key(ops[1]))]
