@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYX := $(wildcard ext/*.pyx ext/*.pxd)
 
-.PHONY: help install demo test bench model clean mosquitto
+.PHONY: help install demo test bench model clean mosquitto chromium
 
 help:
 	@echo "make install  - .venv with edge-agent (editable) + dev extras, extension built"
 	@echo "make demo     - install, then run the agent on the built-in sensor emulator (Ctrl-C stops)"
-	@echo "make test     - install (+ mosquitto), then the whole test suite"
+	@echo "make test     - install (+ mosquitto, + chromium if it can), then the whole test suite"
 	@echo "make bench    - install, then the benchmarks in benches/ (pytest-benchmark)"
 	@echo "make model    - rebuild models/default.pack and models/REPORT.md (TensorFlow in .venv-build)"
 	@echo "make clean    - remove .venv, .venv-build and build output"
@@ -39,11 +39,15 @@ ext: $(STAMP)
 mosquitto:
 	@PY=$(PY) scripts/ensure-system.sh mosquitto
 
+# Optional: headless Chromium for the local page's browser test (it skips without, fails under CI).
+chromium:
+	@PY=$(PY) scripts/ensure-system.sh chromium || echo "==> no chromium: tests/test_local_page.py's browser test will be skipped"
+
 demo: install
 	@PY=$(PY) scripts/ensure-system.sh mosquitto || echo "==> no mosquitto: the demo runs without a local broker"
 	$(BIN)/edge-agent demo
 
-test: install mosquitto
+test: install mosquitto chromium
 	$(BIN)/python -m pytest
 
 bench: install mosquitto

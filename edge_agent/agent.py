@@ -54,6 +54,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.pack import PackError
 from edge_agent.pack_scorer import PackAlertRules, PackScorer
 from edge_agent.quality import PersistentProblems, QualityCounts, QualityLimits, check_windows
+from edge_agent.reload import ReloadCounts, retune_hysteresis, retune_typed
 from edge_agent.sources import make_source
 from edge_agent.status_file import write_status
 from edge_agent.topics import Topics
@@ -131,6 +132,8 @@ class Agent:
         self.zones = self._zone_rules(cfg)
         self.zone_errors = 0
         self._last_windows: dict[str, deque] = {}  # channel -> its last windows (alert evidence)
+        self.page_data = _page_data(cfg)  # what the local page shows ([page]; local_page.py), or None
+        self.page = None  # its server, started by run()
         self.alert_log_errors = 0
         self.commands_accepted: Counter[str] = Counter()
         self.commands_refused: Counter[str] = Counter()
@@ -154,6 +157,9 @@ class Agent:
         self.alerts_by_type: Counter[str] = Counter()
         self.alerts_cleared = 0
         self.processing_errors = 0
+        self.reloads = ReloadCounts()  # SIGHUP reloads (reload.py)
+        # daemon.py's hooks: tick() once per processing round (reload, sd_notify), stopping() at stop
+        self.supervisor: Any = None
         self.drift_errors = 0
         self.bad_blocks: Counter[str] = Counter()
         self.source_errors: Counter[str] = Counter()
@@ -168,6 +174,33 @@ class Agent:
         self.sources_done = threading.Event()  # every source's run() has returned (replay ends)
         if not self.sources:
             self.sources_done.set()
+        if self.alert_log is not None:
+            try:
+                self._carry_open_alerts(self.alert_log.open_messages(), "restart")
+            except Exception:  # noqa: BLE001 - a damaged log must not stop the agent
+                self.alert_log_errors += 1
+                log.exception("alerts left open by the previous run: cannot take them over")
+
+    def _carry_open_alerts(self, alerts: list[dict], why: str) -> None:
+        """Alerts left open by a previous run (``why`` "restart", from the local log) or by the
+        model before a switch ("model_change"): one of the model's rule types is taken over by
+        the rules now running (it stays open under its id, clears after the usual quiet
+        windows, and is not raised a second time); any other (data quality, drift, ISO zones:
+        judged afresh by their monitors, or a type the new model does not raise) is cleared
+        with ``"cleared_by": why``, published like any clear. So an alert is never left open
+        for good, and one fault is one open alert across restarts."""
+        adopted = cleared = 0
+        for msg in alerts:
+            if msg.get("state") != "open" or not isinstance(msg.get("id"), str):
+                continue
+            if self.rules.adopt(msg):
+                adopted += 1
+                continue
+            self._commit_alert(dict(msg, state="cleared", cleared_at=time.time(), cleared_by=why))
+            cleared += 1
+        if adopted or cleared:
+            log.info("alerts open before the %s: %d taken over by model %s, %d cleared", why.replace("_", " "),
+                     adopted, self.model.version, cleared)
 
     def _zone_rules(self, cfg: Any) -> ZoneRules | None:
         """ISO 10816-21 zone rules when ``[[iso_zone]]`` names components (docs/ISO10816.md);
@@ -222,8 +255,9 @@ class Agent:
         """Switch to the model pack at ``path``; return None when done, else the reason it
         was refused (logged), in which case the current model keeps running. Call it from
         the processing thread (or while the agent is not running): the stage is swapped
-        between batches. Open alerts of the old model are dropped with its rules; a pack with
-        another window length or hop gets a fresh windower (the partial windows are lost)."""
+        between batches. Open alerts of the old model are taken over by the new one's rules
+        or cleared (``_carry_open_alerts``); a pack with another window length or hop gets a
+        fresh windower (the partial windows are lost)."""
         try:
             scorer = PackScorer(path, self.cfg)
         except PackError as exc:
@@ -237,8 +271,10 @@ class Agent:
         if ((scorer.window_length, scorer.hop, scorer.window_reference_fs)
                 != (self.windower.length, self.windower.hop, self.windower.reference_fs)):
             self.windower = Windower(scorer.window_length, scorer.hop, self.cfg.shaft.rpm, scorer.window_reference_fs)
+        still_open = self.rules.open_alerts() + self.drift.open_alerts()
         self._use_pack(scorer)
         self.drift = DriftMonitor.for_model(self.cfg, scorer, self.extractor)  # a new interval, new reference
+        self._carry_open_alerts(still_open, "model_change")
         self.quality_problems.model_version = scorer.version
         if self.zones is not None:
             self.zones.model_version = scorer.version
@@ -268,6 +304,51 @@ class Agent:
                 raise StartupError(f"model.pack: {exc}") from None
         return None, ""
 
+    # -- live reconfiguration (SIGHUP: reload.py decides what is live; processing thread) ---------
+    def set_alert_rules(self, cfg: Any) -> None:
+        """[alerts] and [[alert_rule]] retuned in place: open alerts and recent windows kept."""
+        default, by_type = type_rules(cfg)
+        r = self.rules
+        r.raise_after, r.raise_window, r.clear_after, r.rules = (default.raise_after, default.raise_window,
+                                                                 default.clear_after, by_type)
+        retune_typed(r._hysteresis, default, by_type)
+        if isinstance(self.model, PackScorer):  # the pack's own threshold wins, as at load
+            if "anomaly" not in (self.model.pack.manifest.get("thresholds") or {}):
+                self.model.anomaly_threshold = cfg.alerts.anomaly_threshold
+        else:
+            r.threshold = self.model.threshold = cfg.alerts.anomaly_threshold
+        self._check_rule_types([*getattr(self.model, "labels", ()), "anomaly"])
+        rule = by_type.get("iso_zone", default)
+        if cfg.iso_zones and (self.zones is not None) != rule.enabled:
+            self.zones = self._zone_rules(cfg)  # switched on or off: new zone rules
+        elif self.zones is not None:
+            retune_hysteresis(self.zones._hysteresis, rule.raise_after, rule.raise_window, rule.clear_after)
+            self._zone_severity = rule.severity
+
+    def set_quality(self, cfg: Any) -> None:
+        q = cfg.quality
+        self.quality_action = q.action
+        self.quality_limits = QualityLimits.from_config(q)
+        p = self.quality_problems
+        p.alert_after, p.clear_after, p.action = q.alert_after, q.clear_after, q.action
+
+    def set_drift(self, cfg: Any) -> None:
+        """A new drift interval with the new knobs; open drift alerts and alarm counts kept."""
+        old, new = self.drift, DriftMonitor.for_model(cfg, self.model, self.extractor)
+        d = cfg.drift
+        retune_hysteresis(old.alerts._h, d.raise_after, d.raise_window, d.clear_after)
+        new.alerts, new.score_alarms, new.alarm_counts, new.last = old.alerts, old.score_alarms, old.alarm_counts, old.last
+        self.drift = new
+
+    def set_publish(self, cfg: Any) -> None:
+        """Intervals are read from cfg by the loop; the QoS applies to the next publishes."""
+        if self.publisher is not None:
+            self.publisher.qos = cfg.publish.qos
+
+    def set_updates(self, cfg: Any) -> None:
+        if self.updater is not None:
+            self.updater.cfg, self.updater.ucfg = cfg, cfg.updates
+
     # -- life cycle -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Run every stage until ``stop`` is set; then drain and return."""
@@ -280,17 +361,42 @@ class Agent:
             self._start(f"source:{src.name}", self._run_source, src, stop)
         if self.publisher is not None:
             self._start("publisher", self.publisher.run, pub_stop)
+        self._start_page()
         try:
             self._process(stop)
         finally:
+            # The drain, bounded as a whole (SIGTERM must end within 5 s): sources 1 s, then
+            # the publisher (in-flight PUBACKs, the goodbye, DISCONNECT: publisher._shutdown, 3.5 s).
+            if self.supervisor is not None:
+                self.supervisor.stopping()
+            deadline = time.monotonic() + 1.0
             for t in self._threads:
                 if t.name.startswith("source:"):
-                    t.join(timeout=2.0)
+                    t.join(timeout=max(0.0, deadline - time.monotonic()))
             pub_stop.set()
+            if self.page is not None:
+                self.page.stop()  # at most its 0.1 s poll; the publisher drains meanwhile
+                self.page = None
+            deadline = time.monotonic() + 3.5
             for t in self._threads:
-                t.join(timeout=3.0)
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
             self._write_status(state="stopped")
             log.info("edge-agent stopped: %d windows, %d alerts raised", self.windows_total, self.alerts_raised)
+
+    def _start_page(self) -> None:
+        """The technicians' local page, when [page] enabled: an address it cannot bind is
+        logged and the agent goes on without it (monitoring matters more than the page)."""
+        if self.page_data is None:
+            return
+        from edge_agent.local_page import LocalPage
+
+        try:
+            page = LocalPage(self.cfg.page, self.page_data, self.storage_dir, self.cfg.publish.status_interval_s)
+            page.start()
+        except (OSError, ValueError) as exc:
+            log.error("local page: cannot serve on %s: %s; the agent goes on without it", self.cfg.page.listen, exc)
+            return
+        self.page = page
 
     def _start(self, name: str, target, *args) -> None:
         t = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -346,6 +452,9 @@ class Agent:
                 self._write_status(state="running")
                 self._refresh_status()
                 self.pump_acks()
+            if self.supervisor is not None and self.supervisor.tick():  # True after a config reload
+                next_summary = min(next_summary, now + self.cfg.publish.summary_interval_s)
+                next_status = min(next_status, now + self.cfg.publish.status_interval_s)
 
     def process_blocks(self, blocks: list[SampleBlock], arrived: list[float] | None = None) -> list[WindowResult]:
         """Window, check, featurise, score and apply alert rules to a batch of blocks.
@@ -381,6 +490,8 @@ class Agent:
             for i, p in zip(scored, batch_preds):
                 preds[i] = p
             drift_msgs = self._observe_drift(windows, scored, feats, batch_preds, latency)
+            if self.page_data is not None:  # the local page's trends (never raises)
+                self.page_data.observe([windows[i] for i in scored], feats, batch_preds, self.extractor.names)
             if self.updater is not None:
                 self._observe_update([windows[i] for i in scored], batch_preds, latency)
         results: list[WindowResult] = []
@@ -530,8 +641,25 @@ class Agent:
             self.alert_log_errors += 1
             log.exception("writing alert %s to the local alert log failed (counted; it is still published)", msg.get("id"))
 
+    def _page_spectrum(self, msg: dict) -> None:
+        """For the local page: the envelope spectrum of the window that raised ``msg`` (the
+        channel's window with its start time, else its last one)."""
+        ring = self._last_windows.get(msg.get("channel")) or ()
+        window = next((w for w in reversed(ring) if w.t_start_us == msg.get("window_t_start_us")),
+                      ring[-1] if ring else None)
+        if window is not None:
+            self.page_data.capture_spectrum(msg, window, self.extractor.spec)
+
     def _commit_alert(self, msg: dict) -> None:
+        # The outbox first: the publisher sends it while the local log and the page, which
+        # nobody waits for, are written (the alert log's evidence write was the largest share
+        # of alert latency: benches/RESULTS.md, "Alert latency").
+        self.outbox.commit("alert", msg)
+        if msg["state"] == "open" and "window_completed_at" in msg:
+            self.alert_latency.append(time.time() - msg["window_completed_at"])
         self._log_alert(msg)
+        if msg["state"] == "open" and self.page_data is not None:
+            self._page_spectrum(msg)
         if msg["state"] == "open":
             self.alerts_raised += 1
             self.alerts_by_type[msg["type"]] += 1
@@ -539,9 +667,6 @@ class Agent:
         else:
             self.alerts_cleared += 1
             log.info("alert %s (%s) on %s cleared", msg["id"], msg["type"], msg["channel"])
-        self.outbox.commit("alert", msg)
-        if msg["state"] == "open" and "window_completed_at" in msg:
-            self.alert_latency.append(time.time() - msg["window_completed_at"])
 
     def _check_quality(self, windows: list[Window]) -> tuple[list[Window], list[str]]:
         """The windows with their quality flags set, and what is wrong with each ('' if
@@ -742,13 +867,27 @@ class Agent:
             "updates": self.updater.status() if self.updater is not None else None,
             "iso_zones": {"components": dict(self.zones.components), "skipped": self.zones.skipped()}
             if self.zones is not None else None,
+            "reloads": self.reloads.as_dict(),
+            "page": self.page.counters() if getattr(self, "page", None) is not None else None,
         }
 
     def _write_status(self, state: str) -> None:
         try:
-            write_status(self.storage_dir, self.snapshot(state))
+            snap = self.snapshot(state)
+            if self.page_data is not None:
+                self.page_data.publish_status(snap)
+            write_status(self.storage_dir, snap)
         except OSError as exc:
             log.error("cannot write the status file in %s: %s", self.storage_dir, exc)
+
+
+def _page_data(cfg: Any):
+    """The local page's shared data when ``[page] enabled`` (local_page.py), else None."""
+    if not cfg.page.enabled:
+        return None
+    from edge_agent.local_page import PageData
+
+    return PageData(cfg.page.trend_windows)
 
 
 def _prepare_storage(path: Path) -> Path:

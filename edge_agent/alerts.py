@@ -49,6 +49,18 @@ class Hysteresis:
     def open_alerts(self) -> list[dict]:
         return [st.open_alert for st in self._channels.values() if st.open_alert is not None]
 
+    def adopt(self, channel: str, alert: dict) -> bool:
+        """Take over an alert raised before (a restart, a model switch) as this channel's
+        open alert: it stays open under its id and clears after ``clear_after`` quiet
+        windows; no second alert is raised meanwhile. False when one is open already."""
+        st = self._channels.get(channel)
+        if st is None:
+            st = self._channels[channel] = _ChannelState(recent=deque(maxlen=self.raise_window))
+        if st.open_alert is not None:
+            return False
+        st.open_alert = alert
+        return True
+
     def step(self, channel: str, hit: str | None, make_alert: Callable[[str], dict]) -> list[dict]:
         st = self._channels.get(channel)
         if st is None:
@@ -108,11 +120,23 @@ class TypedHysteresis:
     def open_alerts(self) -> list[dict]:
         return [a for h in self._by_type.values() for a in h.open_alerts()]
 
-    def step(self, channel: str, kind: str, hit: bool, make_alert: Callable[[str], dict]) -> list[dict]:
-        rule = self.rule(kind)
+    def _for(self, kind: str) -> Hysteresis:
         h = self._by_type.get(kind)
         if h is None:
+            rule = self.rule(kind)
             h = self._by_type[kind] = Hysteresis(rule.raise_after, rule.raise_window, rule.clear_after)
+        return h
+
+    def adopt(self, alert: dict) -> bool:
+        """:meth:`Hysteresis.adopt` for the alert's type and channel."""
+        kind, channel = alert.get("type"), alert.get("channel")
+        if not isinstance(kind, str) or not isinstance(channel, str) or not isinstance(alert.get("id"), str):
+            return False
+        return self._for(kind).adopt(channel, alert)
+
+    def step(self, channel: str, kind: str, hit: bool, make_alert: Callable[[str], dict]) -> list[dict]:
+        rule = self.rule(kind)
+        h = self._for(kind)
         msgs = h.step(channel, kind if hit and rule.enabled else None, make_alert)
         if rule.severity != "auto":
             for m in msgs:
@@ -139,6 +163,10 @@ class AlertRules:
 
     def open_alerts(self) -> list[dict]:
         return self._hysteresis.open_alerts()
+
+    def adopt(self, alert: dict) -> bool:
+        """An open ``anomaly`` alert of a previous run or model continues here (True)."""
+        return alert.get("type") == "anomaly" and self._hysteresis.adopt(alert)
 
     def update(self, window: Window, pred: Prediction) -> list[dict]:
         """Feed one window's prediction; return alert messages (raised or cleared) it causes."""

@@ -46,6 +46,16 @@ def _emulator_fs(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -95,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--corrupt", type=_rate, default=0.0, metavar="RATE", help="fraction of frames to corrupt on the wire (0-1)")
     emulate.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed: the same seed gives the same bytes (default 0)")
     emulate.add_argument("--stats", metavar="FILE", help="write a JSON account at exit: frames sent per stream, corruptions, disconnects")
+    emulate.add_argument("--fault-at", type=_non_negative_float, metavar="SECONDS",
+                         help="the fault (or sensor failure, or first disconnect) starts SECONDS after acquisition starts; "
+                         "healthy signal until then (default 5); its onset time is printed and in --stats")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", parser_class=OneLineParser)
@@ -210,9 +223,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "emulate":
         from edge_agent.emulator.mcu import EmulateOptions, run_emulate
 
+        if args.fault_at is not None and args.scenario == "healthy":
+            print("edge-agent emulate: error: argument --fault-at: the healthy scenario has no fault; choose another "
+                  "scenario (see 'edge-agent emulate --help')", file=sys.stderr)
+            return EXIT_USAGE
         return run_emulate(EmulateOptions(
             link=args.link, scenario=args.scenario, seconds=args.seconds, fs=args.fs, channels=args.channels,
-            corrupt=args.corrupt, seed=args.seed, stats=args.stats,
+            corrupt=args.corrupt, seed=args.seed, stats=args.stats, fault_at=args.fault_at,
         ))
     raise AssertionError(f"unhandled command {args.command}")  # the parser allows no other
 
@@ -415,6 +432,14 @@ def cmd_status(config_path: str | None, as_json: bool) -> int:
     lat = c.get("alert_latency_ms") or {}
     if lat.get("alerts"):
         print(f"alert latency:       p50 {lat['p50']} ms, p99 {lat['p99']} ms (window complete -> committed, last {lat['alerts']})")
+    up = snap.get("updates") or {}
+    if up:
+        print(f"model update:        {up.get('state')}" + (f" ({up.get('pack_version')})" if up.get("pack_version") else "")
+              + (f", reason {up.get('reason')}" if up.get("reason") else ""))
+    rl = snap.get("reloads") or {}
+    if rl.get("ok") or rl.get("refused"):
+        print(f"config reloads:      {rl.get('ok')} ok, {rl.get('refused')} refused"
+              + (f"; needs a restart: {', '.join(rl['needs_restart'])}" if rl.get("needs_restart") else ""))
     return EXIT_OK
 
 

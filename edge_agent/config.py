@@ -207,7 +207,27 @@ SCHEMA: dict[str, tuple[str, tuple[Key, ...]]] = {  # section: (doc, keys)
             choices=("debug", "info", "warning", "error")),
         Key("format", str, "plain", "plain text, or json (one object per line)",
             choices=("plain", "json")))),
+    "page": ("The technicians' local page (edge_agent/local_page.py): health, model, data quality, "
+             "open alerts with an acknowledge button, feature trends, the envelope spectrum of the "
+             "last alert. Read-only except acknowledgements; served by the agent itself.", (
+        Key("enabled", bool, False, "Serve the page"),
+        Key("listen", str, "127.0.0.1:8080", "Address to serve it on, HOST:PORT ([::1]:8080 for IPv6; "
+            "port 0 = any free port)", rule=(lambda v: parse_listen(v) is not None,
+                                             "HOST:PORT with a port from 0 to 65535")),
+        Key("token_file", str, "", "File holding the local acknowledgement token; mode 0600. "
+            "Empty = the page is read-only (no acknowledgements)", is_path=True),
+        Key("trend_windows", int, 360, "Scored windows per channel kept for the trends", 10, 10000))),
 }
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[v6]:PORT``) as (host, port), or None when it is not one."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None
+    return host, int(port)
 SOURCE_COMMON = (
     Key("type", str, REQUIRED, "Kind of source", choices=("serial", "mqtt", "emulator", "replay")),
     Key("name", str, "", "Unique source name; empty = type + index, e.g. serial0",
@@ -301,6 +321,7 @@ PublishConfig = _dataclass("PublishConfig", *SCHEMA["publish"])
 StorageConfig = _dataclass("StorageConfig", *SCHEMA["storage"])
 QueuesConfig = _dataclass("QueuesConfig", *SCHEMA["queues"])
 LoggingConfig = _dataclass("LoggingConfig", *SCHEMA["logging"])
+PageConfig = _dataclass("PageConfig", *SCHEMA["page"])
 AlertRuleConfig = _dataclass("AlertRuleConfig", *TABLE_LISTS["alert_rule"][:2])
 IsoZoneConfig = _dataclass("IsoZoneConfig", *TABLE_LISTS["iso_zone"][:2])
 # type, name, then every source type's keys (first occurrence): port, baud, read_timeout_s,
@@ -331,6 +352,7 @@ class Config:
     storage: StorageConfig
     queues: QueuesConfig
     logging: LoggingConfig
+    page: PageConfig
     alert_rules: tuple[AlertRuleConfig, ...]
     iso_zones: tuple[IsoZoneConfig, ...]
     origin: str
@@ -580,6 +602,14 @@ class _Checker:
             self.add(key_path, f"{why}: {path}")
         return not why
 
+    def secret_mode(self, path: str, key_path: str) -> bool:
+        """A secret's file must not be readable by group or others (mode 0600)."""
+        if (mode := os.stat(path).st_mode & 0o777) & 0o077:
+            self.add(key_path, f"{path} has mode {mode:04o}; secrets must "
+                     f"not be readable by others: chmod 600 {path}")
+            return False
+        return True
+
     def relations(self, v: dict[str, dict[str, Any]]) -> None:
         """Checks between keys, and the values derived from others."""
         b, w, d, br = v["broker"], v["window"], v["device"], v["bearing"]
@@ -596,9 +626,11 @@ class _Checker:
         if b.get("username") and secret == "":
             self.add("broker.password_file", "required when broker.username is set")
         elif b.get("username") and secret and self.file(secret, "broker.password_file"):
-            if (mode := os.stat(secret).st_mode & 0o777) & 0o077:
-                self.add("broker.password_file", f"{secret} has mode {mode:04o}; secrets must "
-                         f"not be readable by others: chmod 600 {secret}")
+            self.secret_mode(secret, "broker.password_file")
+        token = v["page"].get("token_file")
+        if v["page"].get("enabled") and token and self.file(token, "page.token_file") \
+                and self.secret_mode(token, "page.token_file") and not Path(token).read_text(errors="replace").strip():
+            self.add("page.token_file", f"{token} is empty; put the acknowledgement token in it")
         for sec, low, high in (("broker", "reconnect_min_s", "reconnect_max_s"),
                                ("alerts", "raise_after", "raise_window"),
                                ("drift", "raise_after", "raise_window"),

@@ -8,6 +8,7 @@ module is the typed Python face of it. Importing it without a built extension ra
 from __future__ import annotations
 
 from collections.abc import Sequence
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,16 +188,50 @@ class FeatureExtractor:
         ws.block[ws.nb == 0, col0:] = 0.0
         for m in sorted(set(m_len[ws.nb > 0].tolist())):
             sel = np.flatnonzero((m_len == m) & (ws.nb > 0))
-            Z = np.empty((len(sel), m), np.complex128)
-            _spectral.baseband(ws.X, sel, ws.k0, ws.nb, Z)
-            env = np.abs(np.fft.ifft(Z, axis=1, out=Z))
-            env *= m / n
-            env -= env.mean(axis=1, keepdims=True)
-            E = np.abs(np.fft.rfft(env, axis=1))
-            E *= 2.0 / m
+            E = self._envelope_spectra(ws, sel, m)
             block = np.empty((len(sel), ws.block.shape[1]))
             _spectral.order_snr(E, df, np.ascontiguousarray(targets[sel]), spec.order_tolerance, spec.noise_floor_bins, block, col0)
             ws.block[sel, col0:] = block[:, col0:]
+
+    @staticmethod
+    def _envelope_spectra(ws: _Workspace, sel: np.ndarray, m: int) -> np.ndarray:
+        """Rows ``sel``: the band shifted to baseband in M = ``m`` points, its magnitude (the
+        envelope), mean removed, one-sided amplitude spectrum (bins of fs / n Hz)."""
+        n = ws.x.shape[1]
+        Z = np.empty((len(sel), m), np.complex128)
+        _spectral.baseband(ws.X, sel, ws.k0, ws.nb, Z)
+        env = np.abs(np.fft.ifft(Z, axis=1, out=Z))
+        env *= m / n
+        env -= env.mean(axis=1, keepdims=True)
+        E = np.abs(np.fft.rfft(env, axis=1))
+        E *= 2.0 / m
+        return E
+
+    def envelope_spectrum(self, samples: np.ndarray, fs: float,
+                          shaft_hz: float) -> tuple[np.ndarray, float, tuple[float, float]] | None:
+        """One window's envelope spectrum exactly as its features see it (the same band,
+        fixed or by spectral kurtosis, the same M and steps as :meth:`_envelope`), for
+        display: (amplitudes in g at bins of fs / n Hz from 0 Hz, bin width, band). None when
+        the band is empty. Allocates its own buffers; call it from the thread that owns this
+        extractor."""
+        x = np.asarray(samples, dtype=np.float64)
+        n = len(x)
+        ws = _Workspace(1, n)
+        ws.x[0] = x
+        np.fft.rfft(ws.x, axis=1, out=ws.X)
+        if self.spec.envelope_band_hz is not None:
+            ws.bands[:] = self.spec.envelope_band_hz
+        else:
+            self._sk_bands(ws, fs, np.array([shaft_hz]))
+        _spectral.band_bins(n, fs, ws.bands, ws.k0, ws.nb)
+        if ws.nb[0] <= 0:
+            return None
+        df = fs / n
+        top = float(self.spec.envelope_targets(shaft_hz).max())
+        k_top = math.ceil(top * (1.0 + self.spec.order_tolerance) / df) + self.spec.noise_floor_bins + 1
+        m = int(min(2 ** math.ceil(math.log2(max(2 * max(int(ws.nb[0]), k_top), 2))), n))
+        E = self._envelope_spectra(ws, np.zeros(1, np.intp), m)
+        return E[0], df, (float(ws.bands[0, 0]), float(ws.bands[0, 1]))
 
     def _sk_bands(self, ws: _Workspace, fs: float, shaft_hz: np.ndarray) -> None:
         """The envelope band of each row by spectral kurtosis (docs/FEATURES.md section 3).

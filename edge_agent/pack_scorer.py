@@ -236,6 +236,17 @@ class PackAlertRules:
     def open_alerts(self) -> list[dict]:
         return self._hysteresis.open_alerts()
 
+    def adopt(self, alert: dict) -> bool:
+        """An open alert of a previous run or model continues here (True) when this pack
+        raises its type (a fault label of this pack, or ``anomaly``)."""
+        kind = alert.get("type")
+        if kind != "anomaly" and (kind not in self.scorer.labels or kind == "normal"):
+            return False
+        if not self._hysteresis.adopt(alert):
+            return False
+        self._types.add(kind)  # stepped from now on, so it clears after clear_after quiet windows
+        return True
+
     def update(self, window: Window, pred: Prediction) -> list[dict]:
         """One open alert per channel (the component) and type: each type's k-of-n runs on
         its own (a window that hits ``inner_race`` is quiet for ``anomaly``)."""

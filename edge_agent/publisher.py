@@ -548,7 +548,7 @@ class Publisher:
         except Exception:  # noqa: BLE001 - shutting down: nothing left to report to
             log.debug("closing the MQTT socket failed", exc_info=True)
 
-    def _stop_network(self, timeout: float = 1.5) -> None:
+    def _stop_network(self, timeout: float = 0.5) -> None:
         """After disconnect(): let the network thread send it, then end the thread."""
         thread = self._net_thread
         if thread is None:
@@ -560,11 +560,14 @@ class Publisher:
         thread.join(timeout=timeout)
 
     # -- the publisher thread ---------------------------------------------------------------
-    def _status_payload(self, state: str) -> str:
+    def _status_payload(self, state: str, reason: str = "") -> str:
         """The last will / goodbye: ``state`` plus who this is (site, device, group, versions,
         from the birth), so the fleet still finds an offline device of a group (fleet push
-        offers it the update, retained, for when it comes back)."""
+        offers it the update, retained, for when it comes back). The goodbye says
+        ``"reason": "shutdown"``; the will has no reason (the broker sends it for a lost link)."""
         doc = {"schema": STATUS_SCHEMA, "state": state, "time": time.time()}
+        if reason:
+            doc["reason"] = reason
         try:
             birth = self._birth()
         except Exception:  # noqa: BLE001 - the will must be set even if the birth cannot be made yet
@@ -600,8 +603,15 @@ class Publisher:
             with self._lock:  # a PUBACK arriving meanwhile waits in _pubacks until this is recorded
                 self._inflight[info.mid] = item.id
 
-    def _shutdown(self, drain_s: float = 2.0) -> None:
-        """Give in-flight messages a moment, publish ``offline``, disconnect cleanly."""
+    def _shutdown(self, drain_s: float = 1.5, goodbye_s: float = 0.5) -> None:
+        """Give in-flight messages a moment, publish ``offline``, disconnect cleanly. Bounded:
+        ``drain_s`` + ``goodbye_s`` + 1 s for the DISCONNECT (the daemon's stop has 5 s).
+
+        The goodbye must reach the socket before the DISCONNECT: a clean disconnect makes the
+        broker discard the will, so a goodbye left behind would leave ``online`` retained.
+        With messages still in flight (a backlog, a slow broker) a QoS 1 goodbye would wait in
+        paho's queue behind them (at most MAX_INFLIGHT in flight) and never be written; so
+        then it goes at QoS 0, written at once (the broker reads it before the DISCONNECT)."""
         deadline = time.monotonic() + drain_s
         if self.connected.is_set():
             self._publish_pending()
@@ -611,11 +621,16 @@ class Publisher:
                     if not self._inflight:
                         break
                 time.sleep(0.02)
-            info = self.client.publish(self.topics.of("status"), self._status_payload("offline"), qos=1, retain=True)
+            self._take_pubacks()
+            with self._lock:
+                qos = 0 if self._inflight else 1
+            info = self.client.publish(self.topics.of("status"), self._status_payload("offline", "shutdown"),
+                                       qos=qos, retain=True)
             try:
-                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+                info.wait_for_publish(timeout=goodbye_s)
             except (RuntimeError, ValueError):
                 pass
+            self._take_pubacks()
         self._closing = True
         self.client.disconnect()
         self._stop_network()

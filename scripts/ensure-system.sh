@@ -2,6 +2,8 @@
 # Make sure the Debian packages the build and the tests need are present.
 #   scripts/ensure-system.sh python     venv + headers + C compiler for the Cython build
 #   scripts/ensure-system.sh mosquitto  the MQTT broker the tests and the demo start
+#   scripts/ensure-system.sh chromium   headless browser for the local page's test (optional:
+#                                       without it that test skips, except under CI)
 # As root it installs what is missing with apt-get (running `apt-get update` once first);
 # otherwise it says what to install and exits 1. It never installs what is already there.
 set -euo pipefail
@@ -20,8 +22,11 @@ PYEOF
   mosquitto)
     command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=("mosquitto")
     ;;
+  chromium)
+    command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=("chromium")
+    ;;
   *)
-    echo "usage: $0 python|mosquitto" >&2; exit 2 ;;
+    echo "usage: $0 python|mosquitto|chromium" >&2; exit 2 ;;
 esac
 
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -43,5 +48,8 @@ if [ "${1}" = mosquitto ]; then
   # Debian starts a system broker on 1883 when it can; our tests and demo run their own
   # on free ports, so the system one is left as the package set it up.
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { echo "edge-agent setup: mosquitto still missing after apt-get" >&2; exit 1; }
+fi
+if [ "${1}" = chromium ]; then
+  command -v chromium >/dev/null 2>&1 || { echo "edge-agent setup: chromium still missing after apt-get" >&2; exit 1; }
 fi
 echo "edge-agent setup: installed ${need[*]}" >&2

@@ -345,3 +345,40 @@ def test_a_refused_pack_keeps_the_current_model(tmp_path):
     assert baseline.load_pack(TINY_PACK) is None and baseline.model.version == "tiny-test 0.1.0"
     assert baseline.windower.length == 4096 and baseline.windower.hop == 2048
     assert feed(baseline, emulator_blocks("healthy", 2.0, channels=1))
+
+
+def test_alerts_open_at_a_restart_are_taken_over_or_cleared_never_left_open_or_raised_twice(tmp_path):
+    """A restarted agent (same storage) takes over the model-rule alerts the last run left
+    open (same id, no second raise while the fault persists, cleared by the usual quiet
+    windows) and clears the others with cleared_by "restart"."""
+    default_pack = str(Path(__file__).resolve().parents[1] / "models" / "default.pack")
+
+    def agent(clear_after):
+        cfg = _config(tmp_path)
+        return Agent(replace(cfg, model=replace(cfg.model, pack=default_pack),
+                             alerts=replace(cfg.alerts, clear_after=clear_after)))
+
+    first = agent(1000)
+    feed(first, emulator_blocks("inner_race", 30.0))
+    left = {a["id"]: a for a in first.rules.open_alerts()}
+    assert {a["type"] for a in left.values()} == {"inner_race"} and len(left) == 2  # one per channel
+    others = [a for a in first.quality_problems.open_alerts() + first.drift.open_alerts()]
+    log_open = {a["id"] for a in first.alert_log.list(open_only=True)}
+    assert set(left) <= log_open
+
+    second = agent(1000)  # the fault goes on: nothing raised a second time
+    assert {a["id"] for a in second.rules.open_alerts()} == set(left)
+    restart_clears = [m for m in committed(second, "alert") if m.get("cleared_by") == "restart"]
+    assert {m["id"] for m in restart_clears} == log_open - set(left)
+    assert len(restart_clears) >= len(others)
+    results = feed(second, emulator_blocks("inner_race", 30.0, seed=1))
+    assert sum(r.prediction.label == "inner_race" for r in results if r.prediction) > 100
+    assert second.alerts_by_type.get("inner_race", 0) == 0
+    assert {a["id"] for a in second.alert_log.list(open_only=True) if a["type"] == "inner_race"} == set(left)
+
+    third = agent(10)  # repaired machine: the same alerts clear, under their ids
+    feed(third, emulator_blocks("healthy", 20.0))
+    cleared = {m["id"] for m in committed(third, "alert") if m["state"] == "cleared" and m["type"] == "inner_race"}
+    assert cleared == set(left)
+    assert not [a for a in third.alert_log.list(open_only=True) if a["type"] == "inner_race"]
+    assert third.alerts_by_type.get("inner_race", 0) == 0

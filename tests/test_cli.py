@@ -118,3 +118,23 @@ def test_model_info_describes_a_pack_and_refuses_a_bad_one(tmp_path):
     bad.write_bytes(tiny.read_bytes()[:100])
     r = run_cli("model", "info", str(bad))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not a ZIP archive" in r.stderr
+
+
+def test_status_tells_the_model_update_and_config_reloads(tmp_path):
+    """The plain `status` shows what the daemon's status file says of updates and reloads."""
+    import time
+
+    from edge_agent.status_file import write_status
+
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'[storage]\ndir = "{state}"\n')
+    write_status(state, {"schema": 1, "state": "running", "time": time.time(), "device": "pdm/s/d", "model": "m 1",
+                         "backend": "x", "broker": {"enabled": False}, "queues": {}, "counters": {},
+                         "updates": {"state": "rolled_back", "pack_version": "default 2", "reason": "health_check"},
+                         "reloads": {"ok": 2, "refused": 1, "needs_restart": ["broker.host"], "last": None}})
+    r = run_cli("status", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "model update:        rolled_back (default 2), reason health_check" in r.stdout
+    assert "config reloads:      2 ok, 1 refused; needs a restart: broker.host" in r.stdout

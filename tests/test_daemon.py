@@ -1,7 +1,9 @@
 """`edge-agent run --config FILE` as systemd runs it: a real process, a real broker."""
 import json
+import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -173,3 +175,174 @@ def test_sigkill_mid_stream_loses_nothing_committed_and_publishing_resumes(tmp_p
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     print(f"{len(unique)} summaries, seq {unique[0]}..{unique[-1]}, {len(seqs) - len(unique)} duplicates")
+
+
+# -- issue #9: SIGTERM under load -------------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _load_config(tmp_path, port):
+    """4 channels x 25.6 kHz in real time through the default pack: the gateway's full load."""
+    cfg = tmp_path / "load.toml"
+    cfg.write_text(
+        f'[device]\nsite = "farm-t"\nid = "wtg-99"\n'
+        f'[broker]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min_s = 0.5\nreconnect_max_s = 1.0\n'
+        '[[source]]\ntype = "emulator"\nscenario = "inner_race"\nchannels = 4\nfs = 25600.0\n'
+        f'[model]\npack = "{REPO / "models" / "default.pack"}"\n'
+        '[publish]\nsummary_interval_s = 1.0\nstatus_interval_s = 0.5\n'
+        f'[storage]\ndir = "{tmp_path / "state"}"\n'
+    )
+    return cfg
+
+
+def _outbox(state):
+    """(seqs still held in the outbox, the next seq it would assign, evictions)."""
+    import sqlite3
+
+    with sqlite3.connect(state / "outbox.sqlite3") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        held = {row[0] for row in con.execute("SELECT id FROM items")}
+        next_seq = con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
+    return held, next_seq
+
+
+def _retained_status(broker, mqtt_subscriber):
+    sub = mqtt_subscriber(broker, "pdm/farm-t/wtg-99/status")
+    msgs = sub.wait_for(1, timeout=5)
+    assert msgs and msgs[-1][2], "no retained status"
+    return json.loads(msgs[-1][1])
+
+
+def _received_seqs(sub, want: set[int], timeout=5.0) -> set[int]:
+    """The seqs the subscriber got, waiting (bounded) for those the broker acked to arrive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {json.loads(pl)["seq"] for topic, pl, _ in sub.messages
+               if topic.rsplit("/", 1)[-1] in ("alert", "summary", "ack")}
+        if want <= got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def _stop(p, second_after=None):
+    """SIGTERM (and optionally a second one while draining); (seconds to exit, out, err)."""
+    t = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    if second_after is not None:
+        time.sleep(second_after)
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=15)
+    return time.monotonic() - t, out, err
+
+
+def _wait(pred, timeout, p):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.broker
+def test_sigterm_under_full_load_with_the_broker_up(tmp_path, mosquitto, mqtt_subscriber):
+    """Exit 0 within 5 s; the retained status is the goodbye (reason shutdown, not the will);
+    every seq ever committed is either at the subscriber or still in the outbox."""
+    state = tmp_path / "state"
+    sub = mqtt_subscriber(mosquitto, "pdm/farm-t/wtg-99/#")
+    p = subprocess.Popen([*edge_agent_cmd(), "run", "--config", str(_load_config(tmp_path, mosquitto.port))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait(lambda: sum(t.endswith("/summary") for t, _, _ in sub.messages) >= 3, 30, p), p.poll()
+        snap = read_status(state)
+        took, out, err = _stop(p)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0 and "Traceback" not in out + err, err
+    assert took < 5.0, took
+    assert snap["counters"]["windows"] > 50 and snap["counters"]["processing_errors"] == 0
+    status = _retained_status(mosquitto, mqtt_subscriber)
+    assert status["state"] == "offline" and status["reason"] == "shutdown", status
+    held, next_seq = _outbox(state)
+    everything = set(range(1, next_seq))
+    got = _received_seqs(sub, everything - held)
+    assert (got | held) == everything and not (got - everything), (sorted(everything - got - held), next_seq)
+    assert read_status(state)["state"] == "stopped"
+    print(f"broker up: exit in {took:.2f} s, {next_seq - 1} committed, {len(held)} left in the outbox")
+
+
+def test_sigterm_under_full_load_with_the_broker_down(tmp_path):
+    from edge_agent.local_broker import free_port
+
+    state = tmp_path / "state"
+    p = subprocess.Popen([*edge_agent_cmd(), "run", "--config", str(_load_config(tmp_path, free_port()))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait(lambda: ((read_status(state) or {}).get("queues", {}).get("outbox", {}).get("depth", 0) >= 3), 30, p)
+        took, out, err = _stop(p)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0 and "Traceback" not in out + err, err
+    assert took < 5.0, took
+    held, next_seq = _outbox(state)
+    assert held == set(range(1, next_seq)) and len(held) >= 3  # all of it, nothing sent, nothing lost
+    assert "refused" in out
+    print(f"broker down: exit in {took:.2f} s, {len(held)} held")
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("broker_state", ["responsive", "stalled", "frozen"])
+def test_sigterm_twice_while_draining_a_backlog(tmp_path, mosquitto, mqtt_subscriber, broker_state):
+    """A broker that is up while the outbox holds a backlog (3000 messages from an outage): the
+    stop does not wait for the backlog, a second SIGTERM while draining changes nothing, and
+    nothing is lost. ``stalled``: the broker is SIGSTOPped at the SIGTERM and resumed 1 s later
+    (a slow broker: the drain waits for its PUBACKs, then the goodbye). ``frozen``: resumed only
+    after the agent has exited: the stop still ends in time, and the retained status still says
+    offline (the goodbye, or the will when the broker reads our DISCONNECT too late: it cannot
+    know the goodbye came first), never a stale online."""
+    from edge_agent.outbox import Outbox
+
+    state = tmp_path / "state"
+    with Outbox(state, 64 * 1024 * 1024) as box:
+        for i in range(3000):
+            box.commit("summary", {"schema": 1, "backlog": i, "pad": "x" * 1500})
+    sub = mqtt_subscriber(mosquitto, "pdm/farm-t/wtg-99/#")
+    p = subprocess.Popen([*edge_agent_cmd(), "run", "--config", str(_load_config(tmp_path, mosquitto.port))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    paused = broker_state != "responsive"
+    resume = None
+    try:
+        assert _wait(lambda: len(sub.messages) >= 300, 30, p), p.poll()
+        if paused:
+            os.kill(mosquitto.pid, signal.SIGSTOP)
+            if broker_state == "stalled":
+                resume = threading.Timer(1.0, os.kill, (mosquitto.pid, signal.SIGCONT))
+                resume.start()
+        try:
+            took, out, err = _stop(p, second_after=0.3 if paused else 0.05)
+        finally:
+            if resume is not None:
+                resume.join()
+            if paused:
+                os.kill(mosquitto.pid, signal.SIGCONT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0 and "Traceback" not in out + err, err
+    assert took < 5.0, took
+    if paused:  # (responsive: the drain may be over before the second signal)
+        assert "SIGTERM received again while stopping" in out
+    status = _retained_status(mosquitto, mqtt_subscriber)
+    assert status["state"] == "offline", status
+    if broker_state != "frozen":
+        assert status["reason"] == "shutdown", status  # the goodbye, not the will
+    held, next_seq = _outbox(state)
+    everything = set(range(1, next_seq))
+    got = _received_seqs(sub, everything - held)
+    assert held, "the backlog was gone before the stop: nothing tested"
+    assert (got | held) == everything, sorted(everything - got - held)[:20]
+    print(f"backlog, broker {broker_state}: exit in {took:.2f} s, {len(got)} received, {len(held)} left "
+          f"in the outbox of {next_seq - 1}; retained: {status.get('reason', 'the will')}")

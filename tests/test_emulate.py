@@ -210,3 +210,73 @@ def test_replies_carry_the_command_seq_and_a_retry_is_answered_but_done_once(tmp
     doc = json.loads(stats.read_text())
     assert doc["commands"] == {"SET_RATE": 2, "PING": 1}
     assert len(doc["rate_changes"]) == 1 and doc["streams"]["samples"]["fs"] == 6400.0
+
+
+# ------------------------------------------------------------------------------------ --fault-at
+def _frames_after_start(link, count: int, timeout: float = 10.0) -> tuple[float, list[Frame]]:
+    """START the emulator at ``link``; (time.time() when START was sent, the first ``count``
+    samples frames)."""
+    with serial.Serial(str(link), 921600, timeout=0.2) as port:
+        sent = time.time()
+        port.write(encode_wire(Frame(type=MsgType.START, sensor_id=0)))
+        decoder, frames = StreamDecoder(), []
+        deadline = time.monotonic() + timeout
+        while len(frames) < count and time.monotonic() < deadline:
+            frames += [f for f in decoder.feed(port.read(max(1, port.in_waiting))) if f.type == MsgType.SAMPLES]
+    return sent, frames[:count]
+
+
+def test_fault_at_moves_the_onset_and_records_when_it_happened(tmp_path):
+    """--fault-at: a healthy signal before the onset, the scenario's failure from it (flatline:
+    every channel stuck at one value), and the onset in the stats and on stderr."""
+    link, stats = tmp_path / "tty", tmp_path / "stats.json"
+    p = subprocess.Popen([*edge_agent_cmd(), "emulate", "--link", str(link), "--scenario", "flatline", "--fault-at", "0.5",
+                          "--stats", str(stats)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not link.is_symlink() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started, frames = _frames_after_start(link, 80)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=10)
+    assert p.returncode == 0 and len(frames) == 80, err
+    # 256 samples per frame at 25.6 kHz: the onset at 0.5 s is the first sample of frame 50
+    ptp = [int(np.ptp(f.samples()[:, 0] / f.scale)) for f in frames]
+    assert min(ptp[:50]) > 10 and max(ptp[50:]) == 0, ptp
+    doc = json.loads(stats.read_text())
+    onset = doc["fault_onset"]
+    assert doc["fault_at_s"] == 0.5 and onset["scenario"] == "flatline" and onset["at_s"] == 0.5 and onset["frame_seq"] == 50
+    # acquisition starts at START: the onset is 0.5 s after it (the pty and a loaded machine: 0.3 s slack)
+    assert started + 0.45 <= onset["unix"] <= started + 0.8, (started, onset)
+    assert 0 <= onset["frame_unix"] - onset["unix"] < 0.3
+    assert "fault onset: flatline from acquisition time 0.5 s" in err
+
+
+def test_fault_at_leaves_the_signal_before_the_onset_as_it_was():
+    """The onset moves, nothing else: the same seed gives the same samples up to the earlier
+    onset, then the fault's impulses (inner race) differ."""
+    from edge_agent.emulator.mcu import EmulateOptions, Mcu
+
+    def first_frames(fault_at):
+        mcu = Mcu(EmulateOptions(link="unused", scenario="inner_race", fault_at=fault_at))
+        return [mcu.accel.next_frame(256) for _ in range(400)]  # 4 s
+
+    default, early = first_frames(None), first_frames(2.0)
+    assert all(np.array_equal(a, b) for a, b in zip(default[:200], early[:200]))  # before 2 s: identical
+    assert sum(not np.array_equal(a, b) for a, b in zip(default[200:], early[200:])) >= 150
+    assert Mcu(EmulateOptions(link="unused", scenario="inner_race")).spec.onset_s == 5.0  # the default
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--scenario", "inner_race", "--fault-at", "-1"], "must be a number >= 0"),
+    (["--scenario", "inner_race", "--fault-at", "soon"], "not a number"),
+    (["--scenario", "healthy", "--fault-at", "3"], "the healthy scenario has no fault"),
+])
+def test_fault_at_bad_values_are_one_line_exit_2(tmp_path, extra, needle):
+    r = run_cli("emulate", "--link", str(tmp_path / "tty"), *extra)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "tty").exists()
+    assert "--fault-at" in run_cli("emulate", "--help").stdout

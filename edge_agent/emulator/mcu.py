@@ -47,6 +47,10 @@ ramps from 5 s to 25 s; ``flatline``, ``clipping``: from 5 s), and ``disconnect`
 acquisition starts, and every 20 s after that, the port vanishes (pty closed, link
 removed) for 5 s, then comes back as a new pty at the same link path; acquisition goes on
 meanwhile, and transmission resumes at the gateway's START on the new port.
+``--fault-at SECONDS`` moves that onset (5 s) to SECONDS of acquisition time: a healthy
+signal until then, the scenario's fault after (severity ramps over the next 20 s as above).
+The moment of the onset is printed and kept in ``--stats`` (``fault_onset``), so a test can
+measure from the onset itself.
 
 ``--corrupt RATE`` damages that fraction of the transmitted stream frames on the wire
 (emulator/corrupt.py: bit flips, dropped or inserted bytes, truncation), inside the frame
@@ -105,6 +109,7 @@ class EmulateOptions:
     corrupt: float = 0.0
     seed: int = 0
     stats: str | None = None
+    fault_at: float | None = None  # acquisition time of the fault's onset, s; None: the scenario's (5 s)
 
 
 @dataclass(slots=True)
@@ -194,7 +199,8 @@ class Mcu:
     def __init__(self, opts: EmulateOptions, err: TextIO | None = None) -> None:
         self.opts = opts
         self.err = err or sys.stderr
-        self.spec = SignalSpec(fs=opts.fs, scenario=opts.scenario, seed=opts.seed)
+        onset = {} if opts.fault_at is None else {"onset_s": float(opts.fault_at)}
+        self.spec = SignalSpec(fs=opts.fs, scenario=opts.scenario, seed=opts.seed, **onset)
         range_g = self.spec.full_scale_g if opts.scenario == "clipping" else RANGE_G
         self.accel = _Accelerometers(self.spec, opts.channels, range_g)
         self.machine = SignalGenerator(self.spec)  # shaft speed and fault severity over time
@@ -228,6 +234,9 @@ class Mcu:
         self.rate_changes: list[dict[str, float]] = []
         self.stalls = 0
         self._started = 0.0
+        # the fault's onset (scenarios other than healthy), recorded when the first samples
+        # frame that carries it is made: see :meth:`_note_onset`
+        self.fault_onset: dict[str, float | int | str] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
     def open_link(self) -> None:
@@ -317,6 +326,7 @@ class Mcu:
         t = s.start_s
         ts = self._timestamp_us(t)
         if s.mtype == MsgType.SAMPLES:
+            self._note_onset(s, t)
             raw = self.accel.next_frame(s.n)
             return samples_frame(raw, sensor_id=SENSOR_ID, seq=s.seq, timestamp_us=ts, sample_rate=s.fs, scale=self.accel.scale)
         if s.mtype == MsgType.SPEED:
@@ -327,6 +337,29 @@ class Mcu:
             np.array([[value]], np.float32), sensor_id=SENSOR_ID, seq=s.seq, timestamp_us=ts, sample_rate=s.fs,
             sample_format=SampleFormat.FLOAT32, msg_type=s.mtype,
         )
+
+    def _note_onset(self, s: _Stream, t: float) -> None:
+        """The first samples frame that reaches the onset (``--fault-at``, else the scenario's
+        5 s): record when the onset happened, in acquisition time and wall clock, and say so.
+
+        The frame is made when it is complete (real-time pacing), so the onset sample was
+        acquired ``t_end - onset`` before now: ``unix`` is that moment (time.time() scale),
+        ``frame_unix`` when the frame carrying it was made (<= one frame, 10 ms, later).
+        """
+        if self.fault_onset is not None or self.spec.scenario == "healthy" or self._t_acq0 is None:
+            return
+        onset = self.spec.onset_s
+        t_end = t + s.n / s.fs
+        if t_end <= onset:
+            return
+        now_unix, now_mono = time.time(), time.monotonic()
+        at_unix = now_unix - (now_mono - (self._t_acq0 + max(onset, t)))
+        self.fault_onset = {
+            "scenario": self.spec.scenario, "at_s": onset, "unix": round(at_unix, 6),
+            "frame_seq": s.seq, "frame_unix": round(now_unix, 6),
+        }
+        self._say(f"fault onset: {self.spec.scenario} from acquisition time {onset:g} s "
+                  f"(unix {at_unix:.6f}, samples frame {s.seq})")
 
     def _temperature_c(self, t: float) -> float:
         """Bearing housing temperature: warm-up over ~10 min, +15 degC at full fault severity."""
@@ -568,6 +601,9 @@ class Mcu:
         each outage: when it happened (wall clock, ``*_unix``) and its scheduled acquisition
         times (``*_s``). ``commands``:
         commands received by type; ``rate_changes``: each SET_RATE that took effect.
+        ``fault_at_s``: acquisition time of the onset (``--fault-at``, else 5 s; None for
+        ``healthy``); ``fault_onset``: once a frame reached it, {scenario, at_s, unix (when
+        the onset sample was acquired, time.time()), frame_seq, frame_unix}, else None.
         """
         return {
             "schema": 1,
@@ -592,6 +628,8 @@ class Mcu:
             "commands": self.commands,
             "rate_changes": self.rate_changes,
             "stalls": self.stalls,
+            "fault_at_s": None if self.opts.scenario == "healthy" else self.spec.onset_s,
+            "fault_onset": self.fault_onset,
         }
 
     def _progress(self, now: float, state: str) -> str:
