@@ -323,26 +323,19 @@ def cmd_model_verify(pack_path: str, trusted_sources: list[str]) -> int:
     """``model verify PACK --trusted-key FILE|DIR ...``: exit 0 only for an intact pack signed by
     a trusted key. A named key file that cannot be used is an error; in a directory, a bad
     ``*.pub`` is skipped with a warning line."""
-    from edge_agent.signing import KeyFileError, SignatureError, key_id, load_public_key, load_trusted_keys, verify_pack_file
+    from edge_agent.signing import KeyFileError, SignatureError, trusted_from_arguments, verify_pack_file
 
     prog = "edge-agent model verify"
     if not trusted_sources:
         print(f"{prog}: no trusted key given (--trusted-key NAME.pub, or a directory of *.pub files)", file=sys.stderr)
         return EXIT_USAGE
-    trusted = {}
-    for source in trusted_sources:
-        if Path(source).is_dir():
-            found = load_trusted_keys(source, log_problems=False)
-            trusted.update(found.keys)
-            for problem in found.problems:
-                print(f"{prog}: warning: {_one_line(problem)}", file=sys.stderr)
-            continue
-        try:
-            key = load_public_key(source)
-        except KeyFileError as exc:
-            print(f"{prog}: trusted key {_one_line(exc)}", file=sys.stderr)
-            return EXIT_USAGE
-        trusted[key_id(key)] = key
+    try:
+        trusted, problems = trusted_from_arguments(trusted_sources)
+    except KeyFileError as exc:
+        print(f"{prog}: trusted key {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    for problem in problems:
+        print(f"{prog}: warning: {_one_line(problem)}", file=sys.stderr)
     if not trusted:
         print(f"{prog}: no usable trusted key in {', '.join(trusted_sources)}", file=sys.stderr)
         return EXIT_USAGE

@@ -418,9 +418,7 @@ def check_pack(path: str, trusted_sources: list[str]) -> tuple[Any, bytes, str]:
     must not be pushed: unreadable, damaged, unsigned, or (with trusted keys) not signed by
     one of them."""
     from edge_agent.pack import PackError, read_pack
-    from edge_agent.signing import (
-        KeyFileError, SignatureError, key_id, load_public_key, load_trusted_keys, verify_pack_signature,
-    )
+    from edge_agent.signing import KeyFileError, SignatureError, trusted_from_arguments, verify_pack_signature
 
     def one(text: object) -> str:
         return " ".join(str(text).split())
@@ -442,16 +440,10 @@ def check_pack(path: str, trusted_sources: list[str]) -> tuple[Any, bytes, str]:
                 raise PushError(f"{path}: refusing to push: {one(exc)}") from None
         kid = pack.signature.get("key_id") if isinstance(pack.signature, dict) else "?"
         return pack, data, f"signed by key {kid}, not checked here: give --trusted-key NAME.pub to check it"
-    trusted = {}
-    for source in trusted_sources:
-        if Path(source).is_dir():
-            trusted.update(load_trusted_keys(source, log_problems=False).keys)
-            continue
-        try:
-            key = load_public_key(source)
-        except KeyFileError as exc:
-            raise PushError(f"trusted key {one(exc)}") from None
-        trusted[key_id(key)] = key
+    try:
+        trusted = trusted_from_arguments(trusted_sources).keys
+    except KeyFileError as exc:
+        raise PushError(f"trusted key {one(exc)}") from None
     if not trusted:
         raise PushError(f"no usable trusted key in {', '.join(trusted_sources)}")
     try:

@@ -255,6 +255,23 @@ def load_trusted_keys(sources: str | os.PathLike[str] | Iterable[str | os.PathLi
     return TrustedKeys(keys, problems)
 
 
+def trusted_from_arguments(sources: Iterable[str | os.PathLike[str]]) -> TrustedKeys:
+    """The operator's ``--trusted-key FILE|DIR`` (repeatable): a directory's bad ``*.pub`` is
+    skipped with a line in ``problems``; a named file that cannot be used raises KeyFileError
+    (the operator asked for that key)."""
+    keys: dict[str, PublicKey] = {}
+    problems: list[str] = []
+    for source in sources:
+        if Path(source).is_dir():
+            found = load_trusted_keys(source, log_problems=False)
+            keys.update(found.keys)
+            problems += found.problems
+            continue
+        key = load_public_key(source)
+        keys[key_id(key)] = key
+    return TrustedKeys(keys, problems)
+
+
 def sign_pack(path: str | os.PathLike[str], private_key: Ed25519PrivateKey) -> Pack:
     """Sign a pack in place (replacing any signature); return it as read back and verified.
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from edge_agent.model_watch import HealthCheck, RecentHits, ShadowGate, hit_of
 from edge_agent.pack_verify import UpdateRejected, verify_candidate
 from edge_agent.signing import load_trusted_keys
 from edge_agent.update_transfer import Offer, TransferError, TransferStore, parse_index, parse_offer
+from edge_agent.update_transfer import _write_atomic as write_atomic
 from edge_agent.windower import Windower
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,9 @@ class Updater:
 
     def _finish(self, update_id: str) -> None:
         self.finished = [*self.finished, update_id][-FINISHED_KEEP:]
-        tmp = self._finished_path.with_suffix(".tmp")
         try:
             self._finished_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as f:
-                json.dump(self.finished, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._finished_path)
+            write_atomic(self._finished_path, json.dumps(self.finished).encode())
         except OSError as exc:
             log.error("cannot record finished update %s: %s", update_id, exc)
 
@@ -113,13 +108,8 @@ class Updater:
         (written, fsynced, before the transfer's files are removed)."""
         record = {"schema": SCHEMA, "progress": self.progress, "installed": str(installed),
                   "previous_alert_rate": prev_rate, "previous_seconds_per_window": prev_spw}
-        tmp = self._health_path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump(record, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._health_path)
+            write_atomic(self._health_path, json.dumps(record).encode())
         except OSError as exc:
             log.error("cannot record the health check of update %s (a restart would skip it): %s",
                       self.progress.get("update_id"), exc)
