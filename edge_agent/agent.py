@@ -483,17 +483,19 @@ class Agent:
         drift_msgs: list[dict] = []
         if scored:
             t = time.perf_counter()
+            c = self.updater.clock() if self.updater is not None else 0.0
             feats = self.extractor.extract([windows[i] for i in scored])
             self.feature_seconds += time.perf_counter() - t
             batch_preds = self.model.predict(feats, [windows[i].channel for i in scored])
             latency = time.perf_counter() - t
+            compute = self.updater.clock() - c if self.updater is not None else latency
             for i, p in zip(scored, batch_preds):
                 preds[i] = p
             drift_msgs = self._observe_drift(windows, scored, feats, batch_preds, latency)
             if self.page_data is not None:  # the local page's trends (never raises)
                 self.page_data.observe([windows[i] for i in scored], feats, batch_preds, self.extractor.names)
             if self.updater is not None:
-                self._observe_update([windows[i] for i in scored], batch_preds, latency)
+                self._observe_update([windows[i] for i in scored], batch_preds, compute)
         results: list[WindowResult] = []
         for w, p, detail, done in zip(windows, preds, details, completed):
             self._last_windows.setdefault(w.channel, deque(maxlen=EVIDENCE_WINDOWS)).append(w)
@@ -521,10 +523,11 @@ class Agent:
         self.windows_scored += len(scored)
         return results
 
-    def _observe_update(self, windows: list[Window], preds: list[Prediction], latency: float) -> None:
-        """Shadow gate and health check of a model update see every scored batch."""
+    def _observe_update(self, windows: list[Window], preds: list[Prediction], compute: float) -> None:
+        """Shadow gate and health check of a model update see every scored batch (``compute``:
+        its features + model on the updater's clock, model_watch.compute_clock)."""
         try:
-            self.updater.observe(windows, preds, latency)
+            self.updater.observe(windows, preds, compute)
         except Exception:  # noqa: BLE001 - an update's judging must never stop scoring
             self.commands_refused["model_internal"] += 1
             log.exception("model update judging failed on a batch (counted)")

@@ -11,23 +11,37 @@ Shadow gate (over ``shadow_windows`` candidate windows):
   agreement = matched windows with the same top label / matched windows (only when both
               models are packs with the same labels; else not judged and reported ``None``)
   extra alert rate = candidate hit rate - active hit rate
-  latency ratio = candidate seconds per window / active seconds per window
+  latency ratio = candidate seconds per window / active seconds per window (each the
+              window-weighted median over batches, ``typical_seconds_per_window``)
   pass = no NaN/Inf, agreement >= min (when judged), extra alert rate <= max, ratio <= max.
 The anomaly-score distributions are reported (p50, p99 and the two-sample KS statistic
 D = sup |F_a(x) - F_c(x)|, Massey 1951) for the operator; a new model may have another
 score scale, so they are not gated.
 
 Health check (over ``health_windows`` windows after an activation): roll back on a
-processing error, a NaN/Inf output, seconds per window beyond ``max_latency_ratio`` x the
-previous model's, or a hit rate beyond ``max_alert_rate`` when the previous model's recent
+processing error, a NaN/Inf output, typical seconds per window beyond ``max_latency_ratio``
+x the previous model's (over its last windows), or a hit rate beyond ``max_alert_rate`` when the previous model's recent
 hit rate was below it (a model that calls every window a fault; a real fault already seen
 by the previous model is not held against the new one).
+
+Inference time is the compute a batch's features and model took: the processing thread's
+CPU time (``compute_clock``) when the interpreter runs on that thread (``num_threads`` 1,
+the default), else wall time. Wall time also counts waiting, for the GIL held by other
+threads or for a core taken by other processes, which says nothing about the model: in a
+process busy verifying a pack on another thread, a batch's wall time grew 10-50x with the
+same model (50 agents in one process, tests/test_fleet_rollout.py).
+It is compared as a median, not a mean: a batch's wall time also holds whatever
+else stalled the process (a GC pause, an SD card write, other threads holding the GIL), and
+one such batch in a short check would otherwise read as a model several times slower. The
+median moves only when at least half of the windows are slower, which a slower model does
+and a passing stall does not.
 """
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +71,31 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(np.searchsorted(a, x, "right") / len(a) - np.searchsorted(b, x, "right") / len(b))))
 
 
+def compute_clock(num_threads: int) -> Callable[[], float]:
+    """The clock that times a batch's compute for the model comparisons (see above). With
+    more interpreter threads, their work is not on the calling thread's clock: wall time."""
+    return time.thread_time if num_threads == 1 else time.perf_counter
+
+
+def typical_seconds_per_window(batches: Sequence[tuple[float, int]]) -> float | None:
+    """The window-weighted median of (seconds per window, windows) over batches: the seconds
+    per window of the window at the middle when all windows are sorted by their batch's."""
+    batches = [(spw, n) for spw, n in batches if n > 0]
+    if not batches:
+        return None
+    batches.sort()
+    half, seen = sum(n for _, n in batches) / 2, 0
+    for spw, n in batches:
+        seen += n
+        if seen >= half:
+            return spw
+    return batches[-1][0]
+
+
+def _batch(seconds: float, n: int) -> tuple[float, int]:
+    return (seconds / n if n else 0.0, n)
+
+
 def _quantiles(x: np.ndarray) -> dict[str, float | None]:
     if len(x) == 0:
         return {"p50": None, "p99": None}
@@ -69,13 +108,12 @@ class RecentHits:
 
     def __init__(self, n: int) -> None:
         self._hits: deque[bool] = deque(maxlen=n)
-        self.seconds = 0.0
-        self.windows = 0
+        self._batches: deque[tuple[float, int]] = deque(maxlen=n)
 
     def add(self, hits: Sequence[bool], seconds: float) -> None:
         self._hits.extend(hits)
-        self.seconds += seconds
-        self.windows += len(hits)
+        if hits:
+            self._batches.append(_batch(seconds, len(hits)))
 
     @property
     def rate(self) -> float | None:
@@ -83,7 +121,8 @@ class RecentHits:
 
     @property
     def seconds_per_window(self) -> float | None:
-        return self.seconds / self.windows if self.windows else None
+        """Typical seconds per window over the last batches (at most n of them)."""
+        return typical_seconds_per_window(self._batches)
 
 
 @dataclass
@@ -95,10 +134,10 @@ class ShadowGate:
     compare_labels: bool  # both packs with the same labels
     active_n: int = 0
     active_hits: int = 0
-    active_seconds: float = 0.0
+    active_batches: list[tuple[float, int]] = field(default_factory=list)
     cand_n: int = 0
     cand_hits: int = 0
-    cand_seconds: float = 0.0
+    cand_batches: list[tuple[float, int]] = field(default_factory=list)
     matched: int = 0
     agreed: int = 0
     nonfinite: int = 0
@@ -113,14 +152,14 @@ class ShadowGate:
         preds = [p for p in preds if p.label != "learning"]
         self.active_n += len(preds)
         self.active_hits += sum(hit_of(model, p) for p in preds)
-        self.active_seconds += seconds
+        self.active_batches.append(_batch(seconds, len(preds)))
         self.active_scores += [p.anomaly_score for p in preds if math.isfinite(p.anomaly_score)]
 
     def add_candidate(self, model: Any, preds: Sequence[Prediction], seconds: float,
                       active: Sequence[Prediction | None] = ()) -> None:
         """``active``: the active model's prediction of the same window, when it had one."""
         self.cand_n += len(preds)
-        self.cand_seconds += seconds
+        self.cand_batches.append(_batch(seconds, len(preds)))
         for i, p in enumerate(preds):
             if not finite(p):
                 self.nonfinite += 1
@@ -135,8 +174,8 @@ class ShadowGate:
     def figures(self) -> dict[str, Any]:
         a_rate = self.active_hits / self.active_n if self.active_n else 0.0
         c_rate = self.cand_hits / self.cand_n if self.cand_n else 0.0
-        a_spw = self.active_seconds / self.active_n if self.active_n else None
-        c_spw = self.cand_seconds / self.cand_n if self.cand_n else None
+        a_spw = typical_seconds_per_window(self.active_batches)
+        c_spw = typical_seconds_per_window(self.cand_batches)
         a_sc, c_sc = np.asarray(self.active_scores), np.asarray(self.cand_scores)
         return {
             "windows": self.cand_n,
@@ -175,14 +214,14 @@ class HealthCheck:
     previous_seconds_per_window: float | None
     n: int = 0
     hits: int = 0
-    seconds: float = 0.0
+    batches: list[tuple[float, int]] = field(default_factory=list)
     nonfinite: int = 0
     errors: int = 0
 
     def add(self, model: Any, preds: Sequence[Prediction], seconds: float) -> None:
         preds = [p for p in preds if p.label != "learning"]
         self.n += len(preds)
-        self.seconds += seconds
+        self.batches.append(_batch(seconds, len(preds)))
         for p in preds:
             if not finite(p):
                 self.nonfinite += 1
@@ -193,7 +232,7 @@ class HealthCheck:
         self.errors += 1
 
     def figures(self) -> dict[str, Any]:
-        spw = self.seconds / self.n if self.n else None
+        spw = typical_seconds_per_window(self.batches)
         prev = self.previous_seconds_per_window
         return {"windows": self.n, "alert_rate": round(self.hits / self.n, 4) if self.n else None,
                 "previous_alert_rate": None if self.previous_alert_rate is None else round(self.previous_alert_rate, 4),

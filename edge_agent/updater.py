@@ -25,7 +25,7 @@ from typing import Any
 
 from edge_agent.model_store import ModelStore
 from edge_agent.model_store import _crash_point as crash_point
-from edge_agent.model_watch import HealthCheck, RecentHits, ShadowGate, hit_of
+from edge_agent.model_watch import HealthCheck, RecentHits, ShadowGate, compute_clock, hit_of
 from edge_agent.pack_verify import UpdateRejected, verify_candidate
 from edge_agent.signing import load_trusted_keys
 from edge_agent.update_transfer import Offer, TransferError, TransferStore, parse_index, parse_offer
@@ -68,6 +68,8 @@ class Updater:
         self.candidate_path: Path | None = None
         self.health: HealthCheck | None = None
         self.recent = RecentHits(max(self.ucfg.health_windows, 50))
+        # the clock every model comparison times a batch with (the agent times its batches on it too)
+        self.clock = compute_clock(cfg.model.num_threads)
         self._last_request = 0.0
         self._last_progress_at = time.monotonic()
         self.counts = {"offers": 0, "rejected": 0, "healthy": 0, "rolled_back": 0, "chunks": 0,
@@ -355,7 +357,7 @@ class Updater:
     # -- live windows ----------------------------------------------------------------------------
     def observe(self, windows: list, preds: list, seconds: float, extractor_feats: Any = None) -> None:
         """A scored batch of the active model: ``windows`` and their predictions, ``seconds``
-        of features + model. Feeds the health yardstick, the shadow gate (scoring the
+        of features + model on ``self.clock``. Feeds the health yardstick, the shadow gate (scoring the
         candidate on the same windows) and the health check."""
         if not preds:
             return
@@ -380,7 +382,7 @@ class Updater:
         # windows the candidate would have cut the same way (else it is not scored on them)
         same = [w for w in windows if len(w.samples) == self._cand_windows.length_at(w.fs)[0]]
         if same:
-            t = time.perf_counter()
+            t = self.clock()
             try:
                 feats = cand.extractor.extract(same)
                 cpreds = cand.predict(feats, [w.channel for w in same])
@@ -389,7 +391,7 @@ class Updater:
                 self._reject("shadow_error", f"{type(exc).__name__}: {exc}")
                 return
             by_window = {id(w): p for w, p in zip(windows, preds)}
-            gate.add_candidate(cand, cpreds, time.perf_counter() - t, [by_window.get(id(w)) for w in same])
+            gate.add_candidate(cand, cpreds, self.clock() - t, [by_window.get(id(w)) for w in same])
         if gate.done:
             passed, why = gate.verdict()
             figures = gate.figures()

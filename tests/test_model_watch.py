@@ -5,7 +5,8 @@ import pytest
 from scipy import stats
 
 from edge_agent.baseline import Prediction
-from edge_agent.model_watch import HealthCheck, RecentHits, ShadowGate, hit_of, ks_statistic
+from edge_agent.model_watch import (HealthCheck, RecentHits, ShadowGate, hit_of, ks_statistic,
+                                    typical_seconds_per_window)
 
 
 class Pack:  # what model_watch needs of a pack scorer: its hit rule
@@ -93,6 +94,36 @@ def test_health_check_errors_nan_and_latency():
     h = HealthCheck(10, 0.5, 5, 0.0, 0.001)
     h.add(Pack(), [_p("normal")] * 10, 0.1)  # 10 ms a window against 1 ms
     assert "inference time 10.00x" in h.problem()
+
+
+def test_typical_seconds_per_window_is_the_window_weighted_median():
+    assert typical_seconds_per_window([]) is None and typical_seconds_per_window([(0.5, 0)]) is None
+    assert typical_seconds_per_window([(0.001, 3), (0.5, 1), (0.002, 3)]) == 0.002
+    # a batch of many windows weighs as many windows
+    assert typical_seconds_per_window([(0.001, 1), (0.004, 5), (0.002, 1)]) == 0.004
+    assert typical_seconds_per_window([(0.001, 1), (0.003, 1)]) == 0.001  # the lower middle
+
+
+def test_one_stalled_batch_does_not_roll_back_but_a_slower_model_does():
+    """The wall time of a batch also holds stalls of the whole process (GC, I/O, other
+    threads): one such batch among the health check's is not the model being slow."""
+    h = HealthCheck(8, 0.5, 5, 0.0, 0.001)
+    for _ in range(7):
+        h.add(Pack(), [_p("normal")], 0.0011)
+    h.add(Pack(), [_p("normal")], 0.2)  # 200x for one window: the mean would be 26x
+    assert h.problem() is None and h.passed and h.figures()["latency_ratio"] == pytest.approx(1.1)
+    slow = HealthCheck(8, 0.5, 5, 0.0, 0.001)
+    for s in [0.0011, 0.2, 0.006, 0.007, 0.0012, 0.008, 0.006, 0.009]:  # most windows 6-9x
+        slow.add(Pack(), [_p("normal")], s)
+    assert "inference time 6.00x" in slow.problem()  # the 4th of 8 sorted
+
+
+def test_the_previous_models_yardstick_is_its_typical_time_too():
+    r = RecentHits(50)
+    for _ in range(20):
+        r.add([False], 0.001)
+    r.add([False], 0.5)
+    assert r.seconds_per_window == 0.001
 
 
 def test_recent_hits_is_bounded():
