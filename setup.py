@@ -8,7 +8,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-NATIVE_MODULES = ["time_domain", "spectral", "quality"]
+NATIVE_MODULES = ["time_domain", "spectral", "quality", "frames"]
 
 # -O3 plus the floating-point freedoms that let GCC vectorise sums (reassociation) and call
 # sqrt without errno checks. Deliberately NOT -ffast-math: -ffinite-math-only would let the

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-MODULES = ("time_domain", "spectral", "quality", "change")
+MODULES = ("time_domain", "spectral", "quality", "change", "frames")
 
 
 class NativeExtensionMissing(ImportError):

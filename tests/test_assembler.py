@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edge_agent.protocol.frame import Frame, MsgType, SampleFormat, samples_frame
-from edge_agent.sources.assembler import FrameAssembler
+from edge_agent.sources.assembler import FrameAssembler, frame_channels
 from edge_agent.windower import Windower
 
 
@@ -89,3 +89,31 @@ def test_tacho_channel_gives_the_speed_and_is_not_vibration():
                                          sample_rate=fs, scale=0.001))
     assert {b.channel for b in blocks} == {"ser.s2.ch0"}  # the tachometer channel is not analysed
     assert blocks[-1].rpm == pytest.approx(rpm, rel=2e-3) and a.rpm == blocks[-1].rpm
+
+
+@pytest.mark.parametrize("fmt, dtype", [(SampleFormat.INT16, np.int16), (SampleFormat.INT32, np.int32),
+                                        (SampleFormat.FLOAT32, np.float32)])
+@pytest.mark.parametrize("scale", [1.0, 0.001, -3.7e-5])
+def test_frame_channels_are_numpys_values_bit_for_bit(fmt, dtype, scale):
+    """ext/frames.pyx against the NumPy expression it replaces (Frame.samples, then a column)."""
+    rng = np.random.default_rng(int(fmt) * 10 + int(scale * 1000))
+    if dtype is np.float32:
+        raw = rng.normal(0, 1e3, size=(300, 3)).astype(np.float32)
+        raw[5, 1], raw[7, 2], raw[9, 0] = np.nan, np.inf, -0.0
+    else:
+        info = np.iinfo(dtype)
+        raw = rng.integers(info.min, info.max, size=(300, 3), endpoint=True, dtype=dtype)
+        raw[0] = [info.min, info.max, 0]
+    f = samples_frame(raw, sensor_id=1, seq=0, timestamp_us=0, sample_rate=1e4, scale=scale, sample_format=fmt)
+    got = frame_channels(f)
+    want = f.samples()
+    assert got.shape == (3, 300) and got.dtype == np.float32 and got.flags.c_contiguous
+    for c in range(3):
+        assert np.ascontiguousarray(want[:, c]).tobytes() == got[c].tobytes()
+
+
+def test_frame_channels_refuse_a_payload_that_does_not_fit():
+    f = _frame(0, n=4, ch=2)
+    bad = Frame(**{**{k: getattr(f, k) for k in Frame.__slots__}, "n_samples": 5})
+    with pytest.raises(ValueError, match="does not hold 5 x 2"):
+        frame_channels(bad)

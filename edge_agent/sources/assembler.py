@@ -16,11 +16,13 @@ latest reading per sensor.
 """
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
+from edge_agent import native
 from edge_agent.protocol.frame import Frame, MsgType
 from edge_agent.tacho import TachoSpeed
 from edge_agent.window import SampleBlock
@@ -29,6 +31,17 @@ SEQ_MOD = 1 << 32
 TIMESTAMP_TOLERANCE_PERIODS = 4.0  # sample periods of timestamp error tolerated between frames
 RATE_TOLERANCE = 0.01  # relative difference between a frame's rate and the expected rate
 REORDER_WINDOW = 16  # a step back of at most this many frames is a duplicate/reordering, more is a restart
+_TYPE_NAMES = {int(t): t.name.lower() for t in MsgType}
+# one pass from the payload to a row per channel (ext/frames.pyx); the wire is little-endian
+_channels = native.load("frames").channels if sys.byteorder == "little" else None
+
+
+def frame_channels(frame: Frame) -> np.ndarray:
+    """The frame's samples in physical units, one float32 row per channel (n_channels,
+    n_samples); each row is contiguous."""
+    if _channels is None:
+        return np.ascontiguousarray(frame.samples().T)
+    return _channels(frame.payload, frame.sample_format, frame.n_channels, frame.n_samples, frame.scale)
 
 
 @dataclass(slots=True)
@@ -60,15 +73,19 @@ class FrameAssembler:
         self.timestamp_jumps = 0
         self.rate_mismatches = 0
         self.replies: list[Frame] = []  # PONG / ACK frames, for whoever sent the command
+        self._names: dict[tuple[int, int], str] = {}
 
     def channel_name(self, sensor_id: int, channel: int) -> str:
-        return f"{self.source_name}.s{sensor_id}.ch{channel}"
+        name = self._names.get((sensor_id, channel))
+        if name is None:
+            name = self._names[(sensor_id, channel)] = f"{self.source_name}.s{sensor_id}.ch{channel}"
+        return name
 
     def blocks(self, frame: Frame) -> list[SampleBlock]:
         """The vibration blocks in ``frame`` (none for speed, temperature and replies)."""
         mtype = frame.type
         if mtype in (MsgType.PONG, MsgType.ACK):
-            self.frames[MsgType(mtype).name.lower()] += 1
+            self.frames[_TYPE_NAMES[mtype]] += 1
             self.replies.append(frame)
             del self.replies[:-16]
             return []
@@ -78,13 +95,13 @@ class FrameAssembler:
         stream = self._continuity(frame)
         if stream is None:
             return []
-        self.frames[MsgType(mtype).name.lower()] += 1
-        x = frame.samples()
+        self.frames[_TYPE_NAMES[mtype]] += 1
+        x = frame_channels(frame)
         if mtype == MsgType.SPEED:
-            self.rpm = float(np.mean(x[:, 0]))
+            self.rpm = float(np.mean(x[0]))
             return []
         if mtype == MsgType.TEMPERATURE:
-            self.temperature_c[frame.sensor_id] = float(x[-1, 0])
+            self.temperature_c[frame.sensor_id] = float(x[0, -1])
             return []
         first = stream.next_sample - frame.n_samples
         channels = range(frame.n_channels)
@@ -92,13 +109,13 @@ class FrameAssembler:
             tacho = self._tachos.get(frame.sensor_id)
             if tacho is None:
                 tacho = self._tachos[frame.sensor_id] = TachoSpeed(self.pulses_per_rev)
-            rpm = tacho.feed(x[:, self.tacho_channel], frame.sample_rate)
+            rpm = tacho.feed(x[self.tacho_channel], frame.sample_rate)
             if rpm is not None:
                 self.rpm = rpm
             channels = [c for c in channels if c != self.tacho_channel]
         return [
             SampleBlock(
-                channel=self.channel_name(frame.sensor_id, c), samples=np.ascontiguousarray(x[:, c]),
+                channel=self.channel_name(frame.sensor_id, c), samples=x[c],
                 fs=frame.sample_rate, t0_us=frame.timestamp_us, seq=first, rpm=self.rpm, full_scale=frame.full_scale,
             )
             for c in channels

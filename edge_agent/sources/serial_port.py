@@ -3,9 +3,11 @@
 Bytes -> StreamDecoder (frames, resync at every 0x00) -> FrameAssembler (seq gaps,
 duplicates, timestamps) -> SampleBlocks, all on this source's thread.
 
-Reading blocks in ``read(1)`` for at most ``read_timeout_s`` and then takes whatever else is
-waiting (``in_waiting``), so an idle port costs nothing and a busy one is read in large
-pieces. On every open the source sends TIME_SYNC (the gateway's clock) and START, and again
+Reading waits (``select``) for at most ``read_timeout_s`` and then takes everything waiting
+in one ``os.read``, so an idle port costs nothing and a busy one is read in large pieces.
+pyserial opens, configures and writes the port; its ``read(1)`` + ``in_waiting`` + ``read(n)``
+took two selects, two reads and an ioctl through several Python layers per wake-up (about a
+hundred a second at 4 x 25.6 kHz), a cost measured in benches/RESULTS.md ("CPU"). On every open the source sends TIME_SYNC (the gateway's clock) and START, and again
 whenever no sample frame has come for 2 s while it wants data (a START lost on the line, an
 MCU that rebooted and waits for one).
 
@@ -30,6 +32,7 @@ import logging
 import os
 import queue
 import random
+import select
 import struct
 import threading
 import time
@@ -229,13 +232,10 @@ class SerialSource:
                     log.warning("source %s: no data from %s for %g s; sending START again (%d times so far)",
                                 self.name, self.port, RESTART_AFTER_S, self.start_retries)
                 self._start_streaming(port)
-            data = port.read(1)
+            data = _read_ready(port, self.read_timeout_s)
             if not data:
                 self._check_path()
                 continue
-            waiting = port.in_waiting
-            if waiting:
-                data += port.read(min(waiting, READ_MAX))
             self._feed(data, emit)
 
     def _feed(self, data: bytes, emit: Emit) -> None:
@@ -286,6 +286,22 @@ class SerialSource:
             raise _PortGone(f"{self.port} vanished ({exc.strerror})") from None
         if now != self._identity:
             raise _PortGone(f"{self.port} now names another device")
+
+
+def _read_ready(port: serial.Serial, timeout: float) -> bytes:
+    """What the port has, after waiting at most ``timeout`` s for a first byte; b"" when
+    nothing came. A port that is readable but gives no bytes is gone (EOF: a USB device
+    unplugged, the other end of a pty closed), as pyserial's own read says."""
+    fd = port.fileno()
+    if not select.select([fd], [], [], timeout)[0]:
+        return b""
+    try:
+        data = os.read(fd, READ_MAX)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    if not data:
+        raise _PortGone(f"{port.port} reports data but returns none (device disconnected?)")
+    return data
 
 
 def _device_identity(port: serial.Serial) -> tuple[int, int]:
