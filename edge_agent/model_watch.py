@@ -20,8 +20,8 @@ score scale, so they are not gated.
 
 Health check (over ``health_windows`` windows after an activation): roll back on a
 processing error, a NaN/Inf output, typical seconds per window beyond ``max_latency_ratio``
-x the previous model's (over its last windows), or a hit rate beyond ``max_alert_rate`` when the previous model's recent
-hit rate was below it (a model that calls every window a fault; a real fault already seen
+x the previous model's (over its last batches), or a hit rate beyond ``max_alert_rate`` when
+the previous model's recent hit rate was below it (a model that calls every window a fault; a real fault already seen
 by the previous model is not held against the new one).
 
 Inference time is the compute a batch's features and model took: the processing thread's
@@ -30,9 +30,10 @@ the default), else wall time. Wall time also counts waiting, for the GIL held by
 threads or for a core taken by other processes, which says nothing about the model: in a
 process busy verifying a pack on another thread, a batch's wall time grew 10-50x with the
 same model (50 agents in one process, tests/test_fleet_rollout.py).
-It is compared as a median, not a mean: a batch's wall time also holds whatever
-else stalled the process (a GC pause, an SD card write, other threads holding the GIL), and
-one such batch in a short check would otherwise read as a model several times slower. The
+It is compared as a median, not a mean: a batch's time can also hold whatever else stalled
+the thread (a GC pause, page faults after an SD card write, and with wall time other threads
+holding the GIL), and one such batch in a short check would otherwise read as a model
+several times slower. The
 median moves only when at least half of the windows are slower, which a slower model does
 and a passing stall does not.
 """
