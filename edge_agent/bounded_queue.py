@@ -4,6 +4,12 @@ Why: a stage that falls behind must neither grow memory without limit nor drop d
 silently. ``offer`` never blocks the producer (a serial port cannot be paused); when the
 queue is full the item is refused, counted in ``dropped`` and logged (rate-limited).
 ``put`` blocks with a timeout for producers that can wait (replay, tests).
+
+``wait_for(count, timeout)`` lets the consumer sleep until ``count`` items have gathered
+instead of waking for each one: a producer checks one integer after each put and sets an
+event when the mark is reached. Why: on a small ARM (and this VM) a thread that wakes for
+every 10 ms serial frame pays far more per wake-up than its work costs (benches/RESULTS.md,
+"where the daemon's CPU goes").
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ class BoundedQueue(Generic[T]):
         self._accepted = 0
         self._log_every_s = log_every_s
         self._last_log = 0.0
+        self._want = 0  # the consumer's mark in wait_for (0: nobody waiting)
+        self._gathered = threading.Event()
 
     @property
     def dropped(self) -> int:
@@ -50,6 +58,8 @@ class BoundedQueue(Generic[T]):
             return False
         with self._lock:
             self._accepted += 1
+        if self._want and self._q.qsize() >= self._want:
+            self._gathered.set()
         return True
 
     def put(self, item: T, timeout: float) -> bool:
@@ -61,6 +71,8 @@ class BoundedQueue(Generic[T]):
             return False
         with self._lock:
             self._accepted += 1
+        if self._want and self._q.qsize() >= self._want:
+            self._gathered.set()
         return True
 
     def put_until(self, item: T, stop: threading.Event, poll_s: float = 0.1) -> bool:
@@ -73,6 +85,8 @@ class BoundedQueue(Generic[T]):
                 continue
             with self._lock:
                 self._accepted += 1
+            if self._want and self._q.qsize() >= self._want:
+                self._gathered.set()
             return True
         return False
 
@@ -82,6 +96,18 @@ class BoundedQueue(Generic[T]):
             return self._q.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """Sleep until at least ``count`` items are queued (True) or ``timeout`` s pass
+        (False), without taking any. One consumer at a time."""
+        self._gathered.clear()
+        self._want = max(1, count)
+        try:
+            if self._q.qsize() >= self._want:
+                return True
+            return self._gathered.wait(timeout)
+        finally:
+            self._want = 0
 
     def drain(self, limit: int) -> list[T]:
         """Up to ``limit`` items already queued, without waiting."""

@@ -17,7 +17,9 @@ shaft, too short to resolve shaft sidebands.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +38,7 @@ class _ChannelBuffer:
     rpm: float | None = None
     length: int = 0  # window length and hop at this channel's rate
     hop: int = 0
+    block_n: int = 0  # samples in the last block pushed (how the source cuts the stream)
 
 
 MIN_LENGTH, MAX_LENGTH = 256, 65536
@@ -92,6 +95,8 @@ class Windower:
 
         out: list[Window] = []
         samples = np.asarray(block.samples, dtype=np.float32).ravel()
+        if len(samples):
+            ch.block_n = len(samples)
         pos = 0
         cap = len(ch.buf)
         while pos < len(samples):
@@ -106,6 +111,30 @@ class Windower:
                 ch.n = keep
                 ch.seq_first += ch.hop
         return out
+
+    def next_due(self, channels: Iterable[str]) -> tuple[float, int] | None:
+        """When the next window can complete, for a consumer that would rather sleep than
+        wake for every block: ``(seconds, blocks)``, or None before any block.
+
+        ``seconds``: the signal still missing before the first channel completes a window
+        (min over channels of (length - held) / fs), so a live source delivers it about that
+        long after the last block pushed. ``blocks``: how many blocks ``channels`` (those
+        still sending) bring in that time, cut as their last blocks were; the channel that
+        completes counts its completing block in full (ceil), the others only whole blocks
+        (floor), so the count errs low and a consumer that waits for it wakes early, not late.
+        """
+        live = [(name, ch) for name, ch in self._channels.items() if ch.block_n]
+        if not live:
+            return None
+        first, seconds = min(((name, (ch.length - ch.n) / ch.fs) for name, ch in live), key=lambda x: x[1])
+        blocks = 0
+        for name in set(channels):
+            ch = self._channels.get(name)
+            if ch is None or not ch.block_n:
+                continue
+            due = seconds * ch.fs / ch.block_n
+            blocks += math.ceil(due - 1e-9) if name == first else math.floor(due + 1e-9)
+        return seconds, max(1, blocks)
 
     def _restart(self, ch: _ChannelBuffer, block: SampleBlock) -> None:
         ch.n = 0

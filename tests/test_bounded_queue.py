@@ -32,3 +32,35 @@ def test_put_until_waits_without_counting_and_gives_up_on_stop():
     threading.Timer(0.1, stop.set).start()
     assert not q.put_until("c", stop, poll_s=0.05)
     assert q.dropped == 0 and q.get(timeout=0.1) == "b"
+
+
+def test_wait_for_sleeps_until_the_mark_is_reached_by_any_put_path():
+    q = BoundedQueue("t", maxsize=100)
+    stop = threading.Event()
+    q.offer(1)
+    assert q.wait_for(1, timeout=5.0)  # already there: no wait
+    assert not q.wait_for(3, timeout=0.05)  # times out, takes nothing
+    assert q.qsize() == 1
+
+    def produce():
+        q.offer(2)
+        q.put(3, timeout=1.0)
+        q.put_until(4, stop)
+
+    threading.Timer(0.05, produce).start()
+    assert q.wait_for(4, timeout=5.0)
+    assert q.drain(10) == [1, 2, 3, 4] and q.dropped == 0
+
+
+def test_a_producer_does_not_wake_a_consumer_before_its_mark():
+    q = BoundedQueue("t", maxsize=100)
+    woke = []
+    t = threading.Thread(target=lambda: woke.append(q.wait_for(5, timeout=5.0)))
+    t.start()
+    for i in range(4):
+        q.offer(i)
+    t.join(0.2)
+    assert t.is_alive() and not woke  # four queued, still asleep
+    q.offer(4)
+    t.join(5.0)
+    assert woke == [True]

@@ -82,3 +82,34 @@ def test_a_bad_reference_rate_is_refused():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError):
             Windower(length=4096, hop=2048, default_rpm=1.0, reference_fs=bad)
+
+
+def test_next_due_says_how_much_signal_and_how_many_blocks_complete_the_next_window():
+    w = Windower(length=1024, hop=512, default_rpm=1.0)
+    assert w.next_due(["a"]) is None  # nothing pushed yet
+    # four channels, one 100-sample block each per "frame", as an interleaving serial source
+    for b in range(3):
+        for c in "abcd":
+            assert w.push(SampleBlock(c, np.zeros(100, np.float32), 1000.0, 0, b * 100)) == []
+    seconds, n = w.next_due("abcd")
+    assert seconds == pytest.approx((1024 - 300) / 1000.0)
+    # 724 samples missing: 8 blocks of 100 for the channel that completes (ceil), 7 whole
+    # blocks for each other channel (floor): the count errs low, never high
+    assert n == 8 + 3 * 7
+    # only the channels still sending count; a channel that stopped does not hold the wait
+    assert w.next_due(["a"])[1] == 8
+    # after the window, the hop is what is missing
+    for b in range(3, 11):
+        out = w.push(SampleBlock("a", np.zeros(100, np.float32), 1000.0, 0, b * 100))
+    assert len(out) == 1
+    seconds, n = w.next_due(["a"])
+    assert seconds == pytest.approx((1024 - (1100 - 512)) / 1000.0) and n == 5
+
+
+def test_next_due_follows_each_channels_rate_and_block_size():
+    w = Windower(length=1024, hop=1024, default_rpm=1.0)
+    w.push(SampleBlock("fast", np.zeros(256, np.float32), 4000.0, 0, 0))  # 768 missing: 0.192 s
+    w.push(SampleBlock("slow", np.zeros(10, np.float32), 100.0, 0, 0))  # 1014 missing: 10.14 s
+    seconds, n = w.next_due(["fast", "slow"])
+    assert seconds == pytest.approx(0.192)
+    assert n == 3 + 1  # fast: ceil(768 / 256); slow: floor(0.192 * 100 / 10)
