@@ -57,6 +57,7 @@ from edge_agent.quality import PersistentProblems, QualityCounts, QualityLimits,
 from edge_agent.reload import ReloadCounts, retune_hysteresis, retune_typed
 from edge_agent.sources import make_source
 from edge_agent.status_file import write_status
+from edge_agent.pacing import Pace
 from edge_agent.topics import Topics
 from edge_agent.window import SampleBlock, Window
 from edge_agent.windower import Windower
@@ -105,6 +106,10 @@ class Agent:
         self.samples: BoundedQueue[tuple[float, SampleBlock]] = BoundedQueue("samples", cfg.queues.samples)
         self.outbox = Outbox(self.storage_dir, int(cfg.storage.outbox_max_mb * 1024 * 1024))
         self.sources = [make_source(s) for s in cfg.sources]
+        self.pace = Pace()  # when the next window is due, for sources that batch (pacing.py)
+        for src in self.sources:
+            if hasattr(src, "pace"):
+                src.pace = self.pace
         self.model_store = ModelStore(self.storage_dir / "models")
         scorer, self.active_pack_path = self._startup_pack(cfg)
         if scorer is not None:
@@ -412,11 +417,11 @@ class Agent:
         # Each block travels with the time it reached the agent: a window is complete when
         # its last block has arrived, and alert latency is measured from there.
         if getattr(src, "wants_waiting_emit", False):
-            def emit(block: SampleBlock) -> bool:
-                return self.samples.put_until((time.time(), block), stop)
+            def emit(block: SampleBlock, arrived: float | None = None) -> bool:
+                return self.samples.put_until((arrived or time.time(), block), stop)
         else:
-            def emit(block: SampleBlock) -> bool:
-                return self.samples.offer((time.time(), block))
+            def emit(block: SampleBlock, arrived: float | None = None) -> bool:
+                return self.samples.offer((arrived or time.time(), block))
         try:
             src.run(emit, stop)
         except Exception:
@@ -474,12 +479,12 @@ class Agent:
         once. Alert latency is unchanged: the wait ends when the completing block is queued.
         """
         due = self.windower.next_due({b.channel for _, b in items})
-        if due is None:
+        if due is None or self.samples.qsize() >= due[1]:
+            self.pace.due_at = 0.0  # a backlog: sources must not hold anything back either
             return
         seconds, blocks = due
-        if self.samples.qsize() >= blocks:
-            return
-        timeout = min(items[-1][0] + seconds + GATHER_SLACK_S - time.time(), GATHER_MAX_S)
+        self.pace.due_at = items[-1][0] + seconds
+        timeout = min(self.pace.due_at + GATHER_SLACK_S - time.time(), GATHER_MAX_S)
         if timeout > 0:
             self.samples.wait_for(blocks, timeout)
 

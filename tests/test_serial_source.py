@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from cli_helpers import edge_agent_cmd
+from edge_agent import pacing
 from edge_agent.config import default_config
+from edge_agent.pacing import Pace
 from edge_agent.protocol.frame import Frame, MsgType, decode_wire_chunk, encode_wire, samples_frame
 from edge_agent.sources import make_source
 from edge_agent.sources.serial_port import SerialSource
@@ -82,12 +84,14 @@ def sent_seqs(stats: dict) -> dict[int, set[int]]:
 class SourceRun:
     """A SerialSource (from a real config entry) on its own thread, recording what it produces."""
 
-    def __init__(self, port: Path | str, read_timeout_s: float = 0.05) -> None:
+    def __init__(self, port: Path | str, read_timeout_s: float = 0.05, pace: Pace | None = None) -> None:
         cfg = default_config(source=[{"type": "serial", "port": str(port), "read_timeout_s": read_timeout_s}]).sources[0]
         self.frames: list[tuple[float, Frame]] = []  # (arrival, frame)
         self.blocks: list[tuple[float, object]] = []  # (arrival, SampleBlock)
+        self.emitted: list[tuple[float, float | None]] = []  # (time.time() of the emit, the block's ``arrived``)
         source = make_source(cfg)
         assert isinstance(source, SerialSource)
+        source.pace = pace
         source.on_frame = lambda frame: self.frames.append((time.monotonic(), frame))
         self.source = source
         self.error: BaseException | None = None
@@ -97,9 +101,14 @@ class SourceRun:
 
     def _run(self) -> None:
         try:
-            self.source.run(lambda block: self.blocks.append((time.monotonic(), block)), self.stop_event)
+            self.source.run(self._emit, self.stop_event)
         except BaseException as exc:  # the test asserts there is none
             self.error = exc
+
+    def _emit(self, block, arrived: float | None = None) -> bool:
+        self.emitted.append((time.time(), arrived))
+        self.blocks.append((time.monotonic(), block))
+        return True
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -310,6 +319,72 @@ def test_commands_over_the_real_pty(emulators):
     commands = emu.stats()["commands"]
     assert commands["PING"] == 2 and commands["SET_RATE"] == 2 and commands["STOP"] == 1
     assert commands["START"] == 2 and commands["TIME_SYNC"] == 2  # one of each on open
+
+
+def _bursts(emitted, gap_s: float = 0.004) -> list[list[tuple[float, float | None]]]:
+    """Emits grouped into bursts: consecutive emits less than ``gap_s`` apart."""
+    out: list[list] = []
+    for e in emitted:
+        if out and e[0] - out[-1][-1][0] < gap_s:
+            out[-1].append(e)
+        else:
+            out.append([e])
+    return out
+
+
+def test_with_a_pace_the_bytes_wait_for_the_next_window_and_keep_their_read_time(emulators):
+    """pacing.py: while the next window is not due, the source reads every frame as it comes
+    but decodes in batches (at most HOLD_MAX_S apart); each block carries the time its bytes
+    were read; once the window is near, every frame is decoded as it arrives. Nothing is
+    lost or reordered either way."""
+    emu = emulators("healthy", "--seed", "4")
+    pace = Pace()
+    pace.due_at = time.time() + 3600.0  # not due for an hour: hold as long as allowed
+    run = SourceRun(emu.link, pace=pace)
+    run.wait_until(lambda: len(run.blocks) >= 4 * 100, 15, "a second of blocks")
+    time.sleep(1.5)
+    held = list(run.emitted)
+    pace.due_at = time.time() - 1.0  # the window is due: decode as frames come
+    n_held = len(held)
+    time.sleep(1.5)
+    live = run.emitted[n_held:]
+    run.stop()
+    assert emu.terminate() == 0
+
+    assert all(a is not None and a <= t for t, a in held + live)
+    # held: 100 frames/s decoded in batches, each batch at most HOLD_MAX_S after its first read
+    bursts = _bursts(held[-4 * 100:])  # the last second, past start-up
+    assert len(bursts) <= 100 / 5, f"{len(bursts)} decode batches for 100 frames"
+    waits = [b[0][0] - b[0][1] for b in bursts]
+    assert max(waits) >= 0.5 * pacing.HOLD_MAX_S and min(t - a for t, a in held[-4 * 100:]) >= 0.0
+    assert max(waits) < 2 * pacing.HOLD_MAX_S + 0.5, waits  # bounded (scheduling slack allowed)
+    # due: decoded frame by frame again
+    frames_live = len(live) / 4
+    assert len(_bursts(live)) >= frames_live / 2, (len(_bursts(live)), frames_live)
+    for ch in range(4):
+        mine = [b for _, b in run.blocks if b.channel == f"serial0.s1.ch{ch}"]
+        assert len(mine) >= 300 and all(b.seq == a.seq_end for a, b in zip(mine, mine[1:]))
+
+
+def test_a_held_source_answers_commands_at_once_and_decodes_what_it_holds_when_stopped(emulators, monkeypatch):
+    monkeypatch.setattr(pacing, "HOLD_MAX_S", 30.0)  # would hold for the whole test
+    emu = emulators("healthy", "--seed", "5")
+    pace = Pace()
+    pace.due_at = time.time() + 3600.0
+    run = SourceRun(emu.link, pace=pace)
+    run.wait_until(lambda: run.source.opens == 1, 15, "the port open")
+    time.sleep(1.0)
+    assert run.blocks == []  # a second of frames read and held, none decoded
+    pong = run.source.command(Frame(type=MsgType.PING, sensor_id=0, payload=struct.pack("<I", 99)), timeout=1.0, tries=1)
+    assert pong is not None and pong.type == MsgType.PONG  # a command waiting is never held back
+    n = len(run.blocks)
+    assert n > 0  # what was held came out with the answer
+    time.sleep(0.5)
+    run.stop()  # held bytes are decoded before run() returns
+    assert len(run.blocks) > n + 4 * 20
+    mine = [b for _, b in run.blocks if b.channel == "serial0.s1.ch0"]
+    assert all(b.seq == a.seq_end for a, b in zip(mine, mine[1:]))
+    assert emu.terminate() == 0
 
 
 # ------------------------------------------------------------------------------------ the source alone

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, Protocol
+from typing import Protocol
 
 from edge_agent.window import SampleBlock
 
-Emit = Callable[[SampleBlock], bool]  # False: refused (full queue, counted) or stopped
+
+class Emit(Protocol):
+    """Hand a block to the agent; False: refused (full queue, counted) or stopped.
+    ``arrived``: when the block's last byte reached the gateway (time.time()), for a source
+    that decodes some time after reading (pacing.py); by default, the moment of the call."""
+
+    def __call__(self, block: SampleBlock, arrived: float | None = None) -> bool: ...
 
 
 class Source(Protocol):

@@ -7,7 +7,10 @@ Reading waits (``select``) for at most ``read_timeout_s`` and then takes everyth
 in one ``os.read``, so an idle port costs nothing and a busy one is read in large pieces.
 pyserial opens, configures and writes the port; its ``read(1)`` + ``in_waiting`` + ``read(n)``
 took two selects, two reads and an ioctl through several Python layers per wake-up (about a
-hundred a second at 4 x 25.6 kHz), a cost measured in benches/RESULTS.md ("CPU"). On every open the source sends TIME_SYNC (the gateway's clock) and START, and again
+hundred a second at 4 x 25.6 kHz), a cost measured in benches/RESULTS.md ("CPU"). Given a
+``pace`` (the agent's, pacing.py), the bytes read are decoded in batches, when the next
+window is nearly due, rather than every ~10 ms; each block keeps the time its bytes were
+read. On every open the source sends TIME_SYNC (the gateway's clock) and START, and again
 whenever no sample frame has come for 2 s while it wants data (a START lost on the line, an
 MCU that rebooted and waits for one).
 
@@ -41,6 +44,7 @@ from typing import Any, Callable
 
 import serial
 
+from edge_agent.pacing import Pace
 from edge_agent.protocol.frame import Frame, MsgType, encode_wire
 from edge_agent.protocol.stream import StreamDecoder
 from edge_agent.sources.assembler import FrameAssembler
@@ -95,6 +99,8 @@ class SerialSource:
         self._reply_count = 0
         self._replied = threading.Condition()
         self._identity: tuple[int, int] = (0, 0)  # (st_rdev, st_ino) of the open device
+        self.pace: Pace | None = None  # set by the agent: decode in batches (pacing.py)
+        self._awaiting = 0  # command() calls waiting for their answer
 
     # -- the source interface -------------------------------------------------------------------
     def run(self, emit: Emit, stop: threading.Event) -> None:
@@ -169,6 +175,14 @@ class SerialSource:
         answer, or None. A TIME_SYNC is sent again with the time of the retry."""
         with self._replied:
             seen = self._reply_count
+            self._awaiting += 1
+        try:
+            return self._command(frame, seen, timeout, tries)
+        finally:
+            with self._replied:
+                self._awaiting -= 1
+
+    def _command(self, frame: Frame, seen: int, timeout: float, tries: int) -> Frame | None:
         sent = self.send(frame)
         want = MsgType.PONG if frame.type == MsgType.PING else MsgType.ACK
 
@@ -219,26 +233,51 @@ class SerialSource:
         return port
 
     def _session(self, port: serial.Serial, emit: Emit, stop: threading.Event) -> None:
-        """Read and decode until ``stop`` or the port fails (an exception)."""
-        while not stop.is_set():
-            while True:
-                try:
-                    self._write(port, self._outbox.get_nowait())
-                except queue.Empty:
-                    break
-            if self._want_streaming and time.monotonic() - self._last_data > RESTART_AFTER_S:
-                self.start_retries += 1
-                if self.start_retries == 1 or self.start_retries % 100 == 0:
-                    log.warning("source %s: no data from %s for %g s; sending START again (%d times so far)",
-                                self.name, self.port, RESTART_AFTER_S, self.start_retries)
-                self._start_streaming(port)
-            data = _read_ready(port, self.read_timeout_s)
-            if not data:
-                self._check_path()
-                continue
-            self._feed(data, emit)
+        """Read and decode until ``stop`` or the port fails (an exception). With a ``pace``
+        the bytes read are held, with their read times, until the next window is nearly due
+        (pacing.py); whatever is held is decoded before this returns, however it ends."""
+        held: list[tuple[float, bytes]] = []
+        try:
+            while not stop.is_set():
+                while True:
+                    try:
+                        self._write(port, self._outbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._want_streaming and time.monotonic() - self._last_data > RESTART_AFTER_S:
+                    self.start_retries += 1
+                    if self.start_retries == 1 or self.start_retries % 100 == 0:
+                        log.warning("source %s: no data from %s for %g s; sending START again (%d times so far)",
+                                    self.name, self.port, RESTART_AFTER_S, self.start_retries)
+                    self._start_streaming(port)
+                timeout = self.read_timeout_s
+                if held:
+                    timeout = min(timeout, max(0.0, self._hold_until(held[0][0]) - time.time()))
+                data = _read_ready(port, timeout)
+                now = time.time()
+                if data:
+                    held.append((now, data))
+                elif not held:
+                    self._check_path()
+                    continue
+                if now >= self._hold_until(held[0][0]):
+                    self._feed_held(held, emit)
+        finally:
+            self._feed_held(held, emit)
 
-    def _feed(self, data: bytes, emit: Emit) -> None:
+    def _hold_until(self, held_since: float) -> float:
+        """Until when bytes read at ``held_since`` may wait undecoded: never while a command
+        is queued or waits for its answer."""
+        if self.pace is None or self._awaiting or not self._outbox.empty():
+            return held_since
+        return self.pace.hold_until(held_since)
+
+    def _feed_held(self, held: list[tuple[float, bytes]], emit: Emit) -> None:
+        while held:
+            arrived, data = held.pop(0)
+            self._feed(data, emit, arrived)
+
+    def _feed(self, data: bytes, emit: Emit, arrived: float | None = None) -> None:
         try:
             frames = self.decoder.feed(data)
         except Exception as exc:  # the decoder is meant never to raise; if it does, start afresh
@@ -264,7 +303,7 @@ class SerialSource:
                     self._reply_count += 1
                     self._replied.notify_all()
             for block in blocks:
-                emit(block)
+                emit(block, arrived)
 
     def _write(self, port: serial.Serial, frame: Frame) -> None:
         if frame.type in (MsgType.START, MsgType.STOP):
