@@ -27,6 +27,9 @@ Measured:
   end; growth = median RSS of the last minute minus the median of the first minute after the
   warm-up (warm-up: the first ``min(60 s, duration/5)``; with a short run the "minutes" are a
   third of what is left);
+* **window latency**: every window's lag from completion to the end of its processing round
+  (``counters.window_latency_ms``, the last 1000 windows, read from each status snapshot every
+  5 s): the alert path with thousands of samples instead of the run's few alerts;
 * **alert latency**: the daemon's own ``counters.alert_latency_ms`` in its final status file
   (window completed -> outbox commit, raised alerts), and window completion -> arrival at the
   subscriber from the alerts' ``window_completed_at``.
@@ -188,9 +191,13 @@ def run_soak(tmp: Path, broker, sub: TimedSubscriber) -> dict:
         assert daemon.proc.poll() is None, daemon.out.text()
         t_scoring = time.monotonic()
         deadline = t_scoring + SOAK_S
+        lags: list[dict] = []  # counters.window_latency_ms of each status snapshot (last 1000 windows each)
         while time.monotonic() < deadline:
             assert daemon.proc.poll() is None, f"the daemon died: {daemon.out.text()[-3000:]}"
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+            lag = ((read_status(state) or {}).get("counters") or {}).get("window_latency_ms") or {}
+            if lag.get("windows"):
+                lags.append(lag)
         sampler.stop()
         t_end = time.monotonic()
         before_stop = read_status(state)
@@ -245,6 +252,13 @@ def run_soak(tmp: Path, broker, sub: TimedSubscriber) -> dict:
         "emulator_rss_peak_mb": round(max(mem["VmRSS"] for _, _, mem in e) / 1024, 1) if e else None,
         "alert_latency_ms_agent": counters["alert_latency_ms"],
         "alert_latency_ms_to_subscriber": _percentiles(e2e_ms),
+        "window_latency_ms": {  # every window, completion -> processed; per snapshot of the last 1000
+            "snapshots": len(lags),
+            "p50_median": round(statistics.median(x["p50"] for x in lags), 2) if lags else None,
+            "p99_median": round(statistics.median(x["p99"] for x in lags), 2) if lags else None,
+            "p99_max": max(x["p99"] for x in lags) if lags else None,
+            "max": max(x["max"] for x in lags) if lags else None,
+        },
         "alerts_raised": counters["alerts_raised"], "alerts_by_type": counters["alerts_raised_by_type"],
         "windows_scored": counters["windows_scored"], "windows_per_label": counters["windows_per_label"],
         "samples_dropped": (final or before_stop)["queues"]["samples"]["dropped"],

@@ -100,6 +100,9 @@ def test_the_processing_thread_sleeps_while_a_window_gathers_and_loses_no_block(
     # without the gather the thread wakes for (about) every block: 8 per window pair here
     assert len(rounds) <= len(seen) / 3, (len(rounds), len(seen))
     assert agent.samples.dropped == 0 and agent.windower.gaps.total() == 0
+    # every window's lag, completion -> processed, is kept (the last 1000) and reported
+    lag = read_status(tmp_path / "state")["counters"]["window_latency_ms"]
+    assert lag["windows"] == min(1000, windows) and 0 <= lag["p50"] <= lag["p99"] <= lag["max"]
 
 
 def test_bad_block_is_counted_and_processing_goes_on(tmp_path):
