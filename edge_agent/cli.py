@@ -66,7 +66,10 @@ def _seed(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(fleet_commands: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. ``fleet_commands=False`` leaves out the options of ``fleet
+    push/status/drift``, whose modules (MQTT, transfers, sketches) take ~50 ms to import:
+    main() builds them only when the command is ``fleet`` (or none is given)."""
     p = OneLineParser(prog="edge-agent", description="Edge inference runtime for wind-turbine predictive maintenance.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
@@ -154,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sign = fleet_sub.add_parser("sign", help="sign a pack in place")
     sign.add_argument("pack", metavar="PACK")
     sign.add_argument("--key", required=True, metavar="NAME.key", help="private key from 'fleet keygen' (mode 0600)")
+    if not fleet_commands:
+        return p
     from edge_agent.fleet_push import add_push_parser
     from edge_agent.fleet_status import add_status_parser
 
@@ -166,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(fleet_commands=command in (None, "fleet"))
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)

@@ -138,3 +138,20 @@ def test_status_tells_the_model_update_and_config_reloads(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "model update:        rolled_back (default 2), reason health_check" in r.stdout
     assert "config reloads:      2 ok, 1 refused; needs a restart: broker.host" in r.stdout
+
+
+def test_commands_other_than_fleet_do_not_import_the_fleet_modules():
+    """main() leaves out fleet push/status/drift's options (and their imports: MQTT,
+    transfers, sketches) unless the command is fleet: start-up time of run and replay."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, contextlib, io\nfrom edge_agent.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             "    try:\n        main({argv!r})\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('edge_agent.fleet_push', 'edge_agent.fleet_drift', 'edge_agent.fleet_status') if m in sys.modules))\n")
+    for argv, imported in ((["replay", "--help"], "[]"),
+                           (["fleet", "push", "--help"], "['edge_agent.fleet_drift', 'edge_agent.fleet_push', 'edge_agent.fleet_status']")):
+        r = subprocess.run([sys.executable, "-c", probe.format(argv=argv)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().splitlines()[-1] == imported, (argv, r.stdout)
