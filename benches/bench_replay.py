@@ -207,9 +207,8 @@ def test_textbook_pipeline(benchmark, recording):
 # The goal is not met yet (benches/RESULTS.md): only the ratio is expected to fail; a replay
 # that errs or prints the wrong windows still fails the test. XPASS when a run reaches 10x.
 XFAIL_REASON = (
-    "issue #5 goal not met reliably: 8.9-11.6x (medians of 3 runs, drift monitor in the pipeline) on the 2-core "
-    "EPYC VM, 2026-11-22: replay 1.04-1.28 s for the whole command (~0.35 s of it start-up) vs textbook "
-    "10.6-12.1 s; benches/RESULTS.md"
+    "issue #5 goal not met: on the 2-core EPYC VM 8.9-11.6x on 2026-11-22 (replay 1.04-1.28 s, textbook "
+    "10.6-12.1 s) and 5.5x on 2026-12-03 (replay 1.20-1.34 s, textbook 6.6-7.4 s); benches/RESULTS.md"
 )
 
 
