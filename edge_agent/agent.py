@@ -179,6 +179,7 @@ class Agent:
         self.alert_latency: deque[float] = deque(maxlen=1000)  # s, window complete -> alert committed
         self.window_latency: deque[float] = deque(maxlen=1000)  # s, window complete -> processed
         self._summary_labels: Counter[str] = Counter()
+        self._summary_since = time.time()  # start of the interval the next summary covers
         self._threads: list[threading.Thread] = []
         self._sources_running = len(self.sources)
         self._sources_lock = threading.Lock()
@@ -376,6 +377,7 @@ class Agent:
         try:
             self._process(stop)
         finally:
+            self._final_summary()
             # The drain, bounded as a whole (SIGTERM must end within 5 s): sources 1 s, then
             # the publisher (in-flight PUBACKs, the goodbye, DISCONNECT: publisher._shutdown, 3.5 s).
             if self.supervisor is not None:
@@ -393,6 +395,16 @@ class Agent:
                 t.join(timeout=max(0.0, deadline - time.monotonic()))
             self._write_status(state="stopped")
             log.info("edge-agent stopped: %d windows, %d alerts raised", self.windows_total, self.alerts_raised)
+
+    def _final_summary(self) -> None:
+        """At a stop, the interval so far as a last summary (``"final": true``): its windows,
+        sketches and counters would otherwise be lost to the fleet at every restart. Committed
+        before the publisher drains, so it goes out ahead of the goodbye; with no link it waits
+        in the outbox like any other."""
+        try:
+            self.outbox.commit("summary", self.summary(final=True))
+        except Exception:
+            log.exception("the final summary could not be committed")
 
     def _start_page(self) -> None:
         """The technicians' local page, when [page] enabled: an address it cannot bind is
@@ -782,16 +794,21 @@ class Agent:
         if said != self._status_said and self.publisher.send_now("status", birth, retain=True):
             self._status_said = said
 
-    def summary(self) -> dict:
+    def summary(self, final: bool = False) -> dict:
+        """The interval's summary (docs/MQTT.md); it starts the next interval. ``final``: the
+        last one, at a clean stop, covering the interval so far."""
         labels = dict(self._summary_labels)
         self._summary_labels.clear()
         drift_part, drift_msgs = self.drift.summarize()
         for msg in drift_msgs:
             self._commit_alert(msg)
+        now = time.time()
+        since, self._summary_since = self._summary_since, now
         return {
             "schema": SUMMARY_SCHEMA,
-            "time": time.time(),
-            "interval_s": self.cfg.publish.summary_interval_s,
+            "time": now,
+            "interval_s": round(now - since, 1),
+            **({"final": True} if final else {}),
             "site": self.cfg.device.site,
             "device": self.cfg.device.id,
             "agent_version": __version__,

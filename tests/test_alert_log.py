@@ -4,8 +4,12 @@ subprocess, no broker, no daemon), acknowledgements published to the fleet throu
 when the link is up (a real mosquitto), evidence exported as labelled data."""
 import csv
 import json
+import os
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +154,52 @@ def test_the_build_pipeline_reads_the_export(tmp_path):
     windows, labels, skipped = build.evidence_windows([tmp_path / "ev"])
     assert len(windows) == EVIDENCE_WINDOWS and set(labels) == {build.LABELS.index("normal")} and not skipped
     assert windows[0].fs == 25600.0 and windows[0].rpm > 0 and len(windows[0].samples) == 4096
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root: sudo edge-agent alerts ack")
+def test_root_acking_a_log_the_daemon_user_owns_leaves_it_writable_by_that_user(tmp_path):
+    """`sudo edge-agent alerts ack` on /var/lib/edge-agent: the -wal and -shm files that root's
+    connection creates belong to the log's owner (SQLite's unix VFS does that when running as
+    root), so the daemon (its own user) can still open and write its log while, and after,
+    the technician's command runs."""
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="edge-agent-owner-"))  # not under tmp_path: pytest's 0700 dirs
+    try:
+        base.chmod(0o755)
+        agent = Agent(_config(base))
+        feed(agent, emulator_blocks("inner_race", 25.0, channels=1))
+        alert_id = agent.alert_log.list()[0]["id"]
+        agent.alert_log.close()
+        state = base / "state"
+        for path in [state, *state.iterdir()]:
+            os.chown(path, nobody, nobody)
+        assert not (state / "alerts.sqlite3-shm").exists()  # the daemon is stopped: no side files
+
+        log_ = AlertLog(state, create=False)  # root, as `sudo edge-agent alerts ack`
+        try:
+            log_.ack(alert_id, "Ana Souza", "confirmed")
+            sides = [state / f"alerts.sqlite3{s}" for s in ("-wal", "-shm")]
+            assert any(p.exists() for p in sides)
+            assert all(p.stat().st_uid == nobody for p in sides if p.exists())
+            # the daemon's user opens and writes its log while root's connection is open (a
+            # forked child that becomes that user: the interpreter under /root is not theirs to run)
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover (the child)
+                code = 1
+                try:
+                    os.setgroups([])
+                    os.setgid(nobody)
+                    os.setuid(nobody)
+                    daemon_log = AlertLog(state, create=False)
+                    rows = daemon_log.list()
+                    daemon_log.ack(alert_id, "daemon user", None)
+                    daemon_log.close()
+                    code = 0 if rows else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, "the log's owner could not open or write it"
+        finally:
+            log_.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -79,6 +79,37 @@ def test_run_publishes_status_and_sigterm_exits_0(tmp_path, mosquitto, mqtt_subs
     assert read_status(tmp_path / "state")["state"] == "stopped"
 
 
+@pytest.mark.broker
+def test_a_clean_stop_sends_the_interval_so_far_as_a_final_summary(tmp_path, mosquitto, mqtt_subscriber):
+    """Summaries every hour, a stop after a few seconds: the windows scored so far still reach
+    the fleet, in one summary marked final, ahead of the goodbye."""
+    cfg = _write_config(tmp_path, mosquitto, "")
+    cfg.write_text(cfg.read_text().replace("summary_interval_s = 1.0", "summary_interval_s = 3600.0"))
+    sub = mqtt_subscriber(mosquitto, "pdm/farm-t/wtg-99/#")
+    p = subprocess.Popen([*edge_agent_cmd(), "run", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait(lambda: ((read_status(tmp_path / "state") or {}).get("counters") or {}).get("windows_scored", 0) > 20, 30, p)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    final = read_status(tmp_path / "state")
+    deadline = time.monotonic() + 10
+    while not any(json.loads(pl).get("state") == "offline" for t, pl, _ in list(sub.messages) if t.endswith("/status")):
+        assert time.monotonic() < deadline, list(sub.messages)
+        time.sleep(0.1)
+    msgs = list(sub.messages)
+    summaries = [json.loads(pl) for t, pl, _ in msgs if t.endswith("/summary")]
+    assert len(summaries) == 1, summaries
+    s = summaries[0]
+    assert s["final"] is True and 0 < s["interval_s"] < 3600
+    assert sum(s["windows_per_label"].values()) == final["counters"]["windows_scored"] > 20
+    order = [t.rsplit("/", 1)[-1] + (":" + json.loads(pl)["state"] if t.endswith("/status") else "") for t, pl, _ in msgs]
+    assert order.index("summary") < order.index("status:offline"), order
+
+
 def test_run_with_a_bad_config_is_one_line_per_problem_exit_2(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[broker]\nport = "x"\n[devcie]\nsite = "a"\n')
