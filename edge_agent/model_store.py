@@ -42,6 +42,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from edge_agent.durable import fsync_dir, sha256_file
+
 log = logging.getLogger(__name__)
 
 PACK_FILE = "model.pack"
@@ -70,22 +72,6 @@ def _crash_point(name: str) -> None:
     _crash_hits[name] = _crash_hits.get(name, 0) + 1
     if want == name or want == f"{name}#{_crash_hits[name]}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ModelStore:
@@ -148,7 +134,7 @@ class ModelStore:
         with self._lock:
             if final.exists() or final.is_symlink():
                 if final.is_dir() and not final.is_symlink() and (final / PACK_FILE).is_file() \
-                        and _sha256_file(final / PACK_FILE) == digest:
+                        and sha256_file(final / PACK_FILE) == digest:
                     return final / PACK_FILE
                 log.warning("models: %s is not a whole copy of the pack; installing it again", final)
                 self._remove(final)
@@ -162,14 +148,14 @@ class ModelStore:
                     f.flush()
                     os.fsync(f.fileno())
                 _crash_point("install:written")
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
                 _crash_point("install:dir_synced")
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             _crash_point("install:renamed")
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             _crash_point("install:done")
             return final / PACK_FILE
 
@@ -191,13 +177,13 @@ class ModelStore:
                 tmp = self._link(PREVIOUS, old)
                 _crash_point("activate:previous_link")
                 self._replace(tmp, PREVIOUS)
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
                 _crash_point("activate:previous_set")
             tmp = self._link(CURRENT, target)
             _crash_point("activate:current_link")
             self._replace(tmp, CURRENT)
             _crash_point("activate:current_set")
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             log.info("models: active %s (previous %s)", target, old)
 
     def rollback(self) -> Path | None:
@@ -211,7 +197,7 @@ class ModelStore:
             _crash_point("rollback:link")
             self._replace(tmp, CURRENT)
             _crash_point("rollback:current_set")
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             log.warning("models: rolled back to %s", target)
             return self.current()
 
@@ -223,7 +209,7 @@ class ModelStore:
             return False
         path = self.dir / target
         try:
-            return path.is_file() and _sha256_file(path).startswith(path.parent.name)
+            return path.is_file() and sha256_file(path).startswith(path.parent.name)
         except OSError:
             return False
 
@@ -247,7 +233,7 @@ class ModelStore:
             if not prev_ok and os.path.lexists(self.dir / PREVIOUS):
                 log.warning("models: previous pack missing or damaged; no rollback target")
                 self._remove(self.dir / PREVIOUS)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
 
     def gc(self) -> None:
         """Remove pack directories neither pointer names, and temp leftovers."""
@@ -258,7 +244,7 @@ class ModelStore:
                         _PACK_DIR.fullmatch(entry.name) and entry.name not in named
                         and entry.is_dir() and not entry.is_symlink()):
                     self._remove(entry)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
 
     def _remove(self, entry: Path) -> None:
         """Remove a file, symlink or directory (a directory renamed to a temp name first, so it

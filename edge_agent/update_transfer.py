@@ -41,6 +41,8 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from edge_agent.durable import fsync_dir, sha256_file, write_atomic
+
 log = logging.getLogger(__name__)
 
 OFFER_SCHEMA = 1
@@ -193,38 +195,6 @@ def make_offer(pack_bytes: bytes, update_id: str, mode: str, chunk_size: int, *,
     return offer, chunks
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
-    """temp file in the same directory, fsync, rename, fsync of the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class TransferStore:
     """The update in progress and its verified chunks on disk (see the module docstring).
 
@@ -253,9 +223,9 @@ class TransferStore:
             self._offer, self._have = None, set()
             tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".tmp-"))
             os.chmod(tmp, 0o750)
-            _write_atomic(tmp / OFFER_FILE, offer.to_json())
+            write_atomic(tmp / OFFER_FILE, offer.to_json())
             os.rename(tmp, self.dir / offer.update_id)  # an update dir always holds its offer
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             self._offer = offer
             log.info("update %s: %s %s, %d bytes in %d chunks (%s)", offer.update_id, offer.pack_name,
                      offer.pack_version, offer.size, offer.chunks, offer.mode)
@@ -298,7 +268,7 @@ class TransferStore:
                 continue
             if m and int(m.group(1)) < offer.chunks and f.is_file() and not f.is_symlink():
                 i = int(m.group(1))
-                if f.stat().st_size == offer.chunk_length(i) and _sha256_file(f) == offer.chunk_sha256[i]:
+                if f.stat().st_size == offer.chunk_length(i) and sha256_file(f) == offer.chunk_sha256[i]:
                     self._have.add(i)
                     continue
                 log.warning("update %s: chunk %d on disk does not match its sha256; dropped, it will be asked for again",
@@ -325,7 +295,7 @@ class TransferStore:
                 raise TransferError("truncated", f"chunk {index} of {len(data)} bytes, expected {want}")
             if hashlib.sha256(data).hexdigest() != offer.chunk_sha256[index]:
                 raise TransferError("chunk_hash", f"chunk {index}: sha256 differs from the offer's")
-            _write_atomic(self._update_dir() / f"{index}.chunk", data)
+            write_atomic(self._update_dir() / f"{index}.chunk", data)
             self._have.add(index)
             return True
 
@@ -392,7 +362,7 @@ class TransferStore:
         with self._lock:
             pack = self.assemble()
             path = self._update_dir() / CANDIDATE_FILE
-            _write_atomic(path, pack)
+            write_atomic(path, pack)
             return path
 
     def abandon(self) -> None:
@@ -401,7 +371,7 @@ class TransferStore:
             offer = self.current()
             if offer is not None:
                 self._remove(self._update_dir())
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
             self._offer, self._have = None, set()
 
     def finish(self) -> None:

@@ -29,7 +29,7 @@ from edge_agent.model_watch import HealthCheck, RecentHits, ShadowGate, compute_
 from edge_agent.pack_verify import UpdateRejected, verify_candidate
 from edge_agent.signing import load_trusted_keys
 from edge_agent.update_transfer import Offer, TransferError, TransferStore, parse_index, parse_offer
-from edge_agent.update_transfer import _write_atomic as write_atomic
+from edge_agent.durable import write_atomic
 from edge_agent.windower import Windower
 
 log = logging.getLogger(__name__)
