@@ -557,7 +557,10 @@ class Agent:
                 msg["window_completed_at"] = round(done, 6)
                 self._commit_alert(msg)
             results.append(WindowResult(w, p, tuple(messages)))
-        # the zone rules' and score detectors' alerts: judged over the batch, reported with its last window
+        # the zone rules' and score detectors' alerts: judged over the batch, reported with its
+        # last window; a drift alert is judged over many windows, so it completes with the batch
+        for msg in drift_msgs:
+            msg.setdefault("window_completed_at", round(max(completed), 6))
         batch_msgs = self._judge_zones(windows, completed) + drift_msgs
         for msg in batch_msgs:
             self._commit_alert(msg)
