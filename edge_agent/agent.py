@@ -70,6 +70,7 @@ BATCH_BLOCKS = 64  # blocks taken per processing round, so windows are batched p
 # wakes at the latest this long after the window should have completed (a late link).
 GATHER_MAX_S = 0.2
 GATHER_SLACK_S = 0.02
+LIVE_CHANNEL_S = 1.0  # a channel with no block for this long is not waited for (it stopped sending)
 QUALITY_LOG_EVERY_S = 10.0
 # Source counters that describe the stream's quality (FrameAssembler's), for data_quality.
 STREAM_COUNTERS = ("seq_gaps", "frames_missing", "duplicates", "timestamp_jumps", "rate_mismatches")
@@ -180,6 +181,7 @@ class Agent:
         self.window_latency: deque[float] = deque(maxlen=1000)  # s, window complete -> processed
         self._summary_labels: Counter[str] = Counter()
         self._summary_since = time.time()  # start of the interval the next summary covers
+        self._arrivals: dict[str, float] = {}  # channel -> its last block's arrival (Agent._gather)
         self._threads: list[threading.Thread] = []
         self._sources_running = len(self.sources)
         self._sources_lock = threading.Lock()
@@ -490,14 +492,20 @@ class Agent:
         are queued, or GATHER_SLACK_S after they should have arrived (a late or stalled
         link), at most GATHER_MAX_S. A backlog (replay, a burst after an outage) is taken at
         once. Alert latency is unchanged: the wait ends when the completing block is queued.
+        Only channels that sent a block in the last LIVE_CHANNEL_S count: one that stopped
+        (a sensor lost) must not keep the estimate short and the thread waking per block.
         """
-        due = self.windower.next_due({b.channel for _, b in items})
+        now = time.time()
+        for arrived, b in items:
+            self._arrivals[b.channel] = arrived
+        live = [ch for ch, t in self._arrivals.items() if now - t < LIVE_CHANNEL_S]
+        due = self.windower.next_due(live)
         if due is None or self.samples.qsize() >= due[1]:
             self.pace.due_at = 0.0  # a backlog: sources must not hold anything back either
             return
         seconds, blocks = due
         self.pace.due_at = items[-1][0] + seconds
-        timeout = min(self.pace.due_at + GATHER_SLACK_S - time.time(), GATHER_MAX_S)
+        timeout = min(self.pace.due_at + GATHER_SLACK_S - now, GATHER_MAX_S)
         if timeout > 0:
             self.samples.wait_for(blocks, timeout)
 

@@ -114,24 +114,24 @@ class Windower:
 
     def next_due(self, channels: Iterable[str]) -> tuple[float, int] | None:
         """When the next window can complete, for a consumer that would rather sleep than
-        wake for every block: ``(seconds, blocks)``, or None before any block.
+        wake for every block: ``(seconds, blocks)`` over ``channels`` (those still sending),
+        or None when none of them has had a block.
 
-        ``seconds``: the signal still missing before the first channel completes a window
-        (min over channels of (length - held) / fs), so a live source delivers it about that
-        long after the last block pushed. ``blocks``: how many blocks ``channels`` (those
-        still sending) bring in that time, cut as their last blocks were; the channel that
-        completes counts its completing block in full (ceil), the others only whole blocks
-        (floor), so the count errs low and a consumer that waits for it wakes early, not late.
+        ``seconds``: the signal still missing before the first of them completes a window
+        (min over them of (length - held) / fs), so a live source delivers it about that long
+        after the last block pushed. ``blocks``: how many blocks they bring in that time, cut
+        as their last blocks were; the channel that completes counts its completing block in
+        full (ceil), the others only whole blocks (floor), so the count errs low and a
+        consumer that waits for it wakes early, not late. A channel left out (it stopped
+        sending) cannot hold the estimate short: its window will not complete.
         """
-        live = [(name, ch) for name, ch in self._channels.items() if ch.block_n]
+        live = [(name, ch) for name in dict.fromkeys(channels)
+                if (ch := self._channels.get(name)) is not None and ch.block_n]
         if not live:
             return None
         first, seconds = min(((name, (ch.length - ch.n) / ch.fs) for name, ch in live), key=lambda x: x[1])
         blocks = 0
-        for name in set(channels):
-            ch = self._channels.get(name)
-            if ch is None or not ch.block_n:
-                continue
+        for name, ch in live:
             due = seconds * ch.fs / ch.block_n
             blocks += math.ceil(due - 1e-9) if name == first else math.floor(due + 1e-9)
         return seconds, max(1, blocks)

@@ -105,6 +105,56 @@ def test_the_processing_thread_sleeps_while_a_window_gathers_and_loses_no_block(
     assert lag["windows"] == min(1000, windows) and 0 <= lag["p50"] <= lag["p99"] <= lag["max"]
 
 
+class _OneChannelStops:
+    """An in-process source at real time: channel "live" sends 256-sample blocks at 25.6 kHz
+    for ever; channel "lost" stops one block short of its first window (a sensor unplugged)."""
+    name = "two"
+
+    def __init__(self, window: int) -> None:
+        self.lost_blocks = window // 256 - 1
+
+    def counters(self) -> dict:
+        return {}
+
+    def run(self, emit, stop) -> None:
+        from edge_agent.window import SampleBlock
+        import numpy as np
+
+        fs, n, rng = 25600.0, 256, np.random.default_rng(0)
+        start, k = time.monotonic(), 0
+        while not stop.is_set():
+            x = (0.1 * rng.standard_normal(n)).astype(np.float32)
+            emit(SampleBlock("live", x, fs, round(k * n * 1e6 / fs), k * n))
+            if k < self.lost_blocks:
+                emit(SampleBlock("lost", x.copy(), fs, round(k * n * 1e6 / fs), k * n))
+            k += 1
+            ahead = k * n / fs - (time.monotonic() - start)
+            if ahead > 0:
+                stop.wait(ahead)
+
+
+def test_a_channel_that_stopped_does_not_make_the_processing_thread_wake_per_block(tmp_path):
+    """Agent._gather waits only for channels that sent a block in the last LIVE_CHANNEL_S: a
+    channel that stopped one block short of a window would otherwise look due any moment."""
+    agent = Agent(_config(tmp_path, scenario="healthy", speedup=1.0))
+    agent.sources = [_OneChannelStops(agent.windower.length_at(25600.0)[0])]
+    agent._sources_running = 1
+    rounds: list[tuple[float, int]] = []
+    process = agent.process_blocks
+
+    def counting(blocks, arrived=None):
+        rounds.append((time.monotonic(), len(blocks)))
+        return process(blocks, arrived)
+
+    agent.process_blocks = counting
+    t0 = time.monotonic()
+    _run_for(agent, 4.0)
+    late = [n for t, n in rounds if t - t0 > 2.0]  # "lost" stopped at ~0.15 s: over a second ago
+    assert agent.windower.windows["live"] > 20 and agent.windower.windows["lost"] == 0
+    # a window every 8 blocks of "live": a few rounds per window, not one per block
+    assert len(late) <= sum(late) / 3, (len(late), sum(late))
+
+
 def test_bad_block_is_counted_and_processing_goes_on(tmp_path):
     import numpy as np
 

@@ -98,6 +98,7 @@ def test_next_due_says_how_much_signal_and_how_many_blocks_complete_the_next_win
     assert n == 8 + 3 * 7
     # only the channels still sending count; a channel that stopped does not hold the wait
     assert w.next_due(["a"])[1] == 8
+    assert w.next_due(["nobody"]) is None
     # after the window, the hop is what is missing
     for b in range(3, 11):
         out = w.push(SampleBlock("a", np.zeros(100, np.float32), 1000.0, 0, b * 100))
@@ -113,3 +114,13 @@ def test_next_due_follows_each_channels_rate_and_block_size():
     seconds, n = w.next_due(["fast", "slow"])
     assert seconds == pytest.approx(0.192)
     assert n == 3 + 1  # fast: ceil(768 / 256); slow: floor(0.192 * 100 / 10)
+
+
+def test_a_channel_that_stopped_one_block_short_does_not_set_the_pace():
+    w = Windower(length=1024, hop=1024, default_rpm=1.0)
+    for b in range(9):  # "z" stops 124 samples short of its window
+        w.push(SampleBlock("z", np.zeros(100, np.float32), 1000.0, 0, b * 100))
+    w.push(SampleBlock("a", np.zeros(100, np.float32), 1000.0, 0, 0))
+    assert w.next_due(["a", "z"])[0] == pytest.approx(0.124)  # were "z" still sending
+    seconds, n = w.next_due(["a"])  # it is not: "a" alone sets the pace
+    assert seconds == pytest.approx(0.924) and n == 10
