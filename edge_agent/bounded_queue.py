@@ -56,10 +56,7 @@ class BoundedQueue(Generic[T]):
         except queue.Full:
             self._count_drop()
             return False
-        with self._lock:
-            self._accepted += 1
-        if self._want and self._q.qsize() >= self._want:
-            self._gathered.set()
+        self._took()
         return True
 
     def put(self, item: T, timeout: float) -> bool:
@@ -69,10 +66,7 @@ class BoundedQueue(Generic[T]):
         except queue.Full:
             self._count_drop()
             return False
-        with self._lock:
-            self._accepted += 1
-        if self._want and self._q.qsize() >= self._want:
-            self._gathered.set()
+        self._took()
         return True
 
     def put_until(self, item: T, stop: threading.Event, poll_s: float = 0.1) -> bool:
@@ -83,12 +77,16 @@ class BoundedQueue(Generic[T]):
                 self._q.put(item, timeout=poll_s)
             except queue.Full:
                 continue
-            with self._lock:
-                self._accepted += 1
-            if self._want and self._q.qsize() >= self._want:
-                self._gathered.set()
+            self._took()
             return True
         return False
+
+    def _took(self) -> None:
+        """After a put: count it, and wake a consumer in wait_for whose mark is reached."""
+        with self._lock:
+            self._accepted += 1
+        if self._want and self._q.qsize() >= self._want:
+            self._gathered.set()
 
     def get(self, timeout: float) -> T | None:
         """The next item, or None after ``timeout`` seconds with nothing to take."""
