@@ -150,6 +150,18 @@ def _wav8(path: Path) -> None:
         w.writeframes(bytes(range(200)))
 
 
+def _flip_a_data_byte(path: Path) -> None:
+    np.savez(path, DE=np.arange(20_000, dtype=np.float32), fs=12000)
+    raw = bytearray(path.read_bytes())
+    raw[40_000] ^= 0xFF  # inside DE's samples: only the zip's CRC-32 tells
+    path.write_bytes(bytes(raw))
+
+
+def _cut_short(path: Path) -> None:
+    np.savez(path, DE=np.arange(20_000, dtype=np.float32), fs=12000)
+    path.write_bytes(path.read_bytes()[:50_000])
+
+
 BAD_CASES = {
     "missing": ("nothere.npz", None, "file not found"),
     "extension": ("rec.mat", lambda p: p.write_bytes(b"x"), "unknown file type '.mat'; replay reads .npz, .csv, .wav"),
@@ -159,6 +171,8 @@ BAD_CASES = {
     "empty npz": ("empty.npz", lambda p: np.savez(p, DE=np.zeros(0, np.float32), fs=12000), "the signal is empty (0 samples)"),
     "nan npz": ("nan.npz", lambda p: np.savez(p, DE=np.array([0.1, np.nan, 0.2, np.inf], np.float32), fs=12000),
                 "channel 'DE' has 2 non-finite value(s) (NaN or Inf), the first at sample 1"),
+    "bad crc": ("flipped.npz", _flip_a_data_byte, "cannot read 'DE': Bad CRC-32 for file 'DE.npy'"),
+    "cut short": ("cut.npz", _cut_short, "not a readable .npz file"),
     "not a zip": ("garbage.npz", lambda p: p.write_bytes(b"this is not numpy at all" * 10), "not a readable .npz file"),
     "transposed": ("wide.npz", lambda p: np.savez(p, data=np.zeros((2, 5000)), fs=12000), "is the array transposed?"),
     "strings": ("text.npz", lambda p: np.savez(p, DE=np.array(["a", "b"]), fs=12000), "holds <U1 values, not numbers"),
@@ -172,18 +186,47 @@ BAD_CASES = {
 }
 
 
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "mapped"])
 @pytest.mark.parametrize("case", list(BAD_CASES))
-def test_bad_recordings_give_one_clear_line(tmp_path: Path, case: str) -> None:
+def test_bad_recordings_give_one_clear_line(tmp_path: Path, case: str, mapped: bool) -> None:
     name, make, expected = BAD_CASES[case]
     path = tmp_path / name
     if make is not None:
         make(path)
     with pytest.raises(RecordingError) as err:
-        load_recording(path, fs=12000.0 if name.endswith(".csv") else None)
+        load_recording(path, fs=12000.0 if name.endswith(".csv") else None, mapped=mapped)
     message = str(err.value)
     assert message.startswith(f"recording {path}: ")
     assert expected in message
     assert "\n" not in message
+
+
+LAYOUTS = {
+    "1-D float32": lambda x: x[:, 0].astype(np.float32),
+    "1-D big-endian float64": lambda x: x[:, 0].astype(">f8"),
+    "2-D C order int16": lambda x: (x * 1000).astype(np.int16),
+    "2-D Fortran order float64": lambda x: np.asfortranarray(x),
+}
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "deflated"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_mapped_npz_is_the_read_one(tmp_path: Path, layout: str, compressed: bool) -> None:
+    """replay maps a stored .npz signal instead of reading it (recordings._map_member); what
+    it sees is the same, a deflated one is read, and a mapped one cannot be written to."""
+    x = LAYOUTS[layout](signal(5_000, 3, seed=5))
+    path = tmp_path / "rec.npz"
+    (np.savez_compressed if compressed else np.savez)(path, DE=x, fs=12000, rpm=1500.0)
+    read, mapped = load_recording(path), load_recording(path, mapped=True)
+    assert list(read.channels) == list(mapped.channels) and (read.fs, read.rpm) == (mapped.fs, mapped.rpm)
+    for ch in read.channels:
+        assert mapped.channels[ch].dtype == np.float32 and mapped.channels[ch].flags.c_contiguous
+        np.testing.assert_array_equal(mapped.channels[ch], read.channels[ch])
+    one = next(iter(mapped.channels.values()))
+    if not compressed and x.ndim == 1 and x.dtype == np.float32:  # used in place: the file's pages
+        assert not one.flags.writeable
+        with pytest.raises(ValueError):
+            one[0] = 1.0
 
 
 def test_bad_overrides_are_refused(tmp_path: Path) -> None:
