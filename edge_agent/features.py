@@ -77,10 +77,12 @@ def time_features(samples: np.ndarray) -> np.ndarray:
     return out
 
 
-def sk_segment_length(fs: float, n: int, bpfi_hz: float) -> int:
-    """Spectral-kurtosis segment length: 2^floor(log2(fs / (2 BPFI f_r))), clipped to [16, n/4]:
-    at most half the shortest defect period (docs/FEATURES.md section 3)."""
-    return int(min(max(2 ** int(np.floor(np.log2(fs / (2.0 * bpfi_hz)))), 16), n // 4))
+def sk_segment_lengths(fs: float, n: int, bpfi_hz: np.ndarray) -> np.ndarray:
+    """Spectral-kurtosis segment length per BPFI (Hz): 2^floor(log2(fs / (2 BPFI f_r))), clipped
+    to [16, n/4]: at most half the shortest defect period (docs/FEATURES.md section 3)."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # a stopped shaft: the longest segment
+        seg = np.exp2(np.floor(np.log2(fs / (2.0 * np.asarray(bpfi_hz, dtype=np.float64)))))
+    return np.fmin(np.fmax(seg, 16.0), n // 4).astype(np.int64)
 
 
 def _hann_periodic(length: int) -> np.ndarray:
@@ -238,7 +240,7 @@ class FeatureExtractor:
         The segment length follows each row's speed; rows that share it share one STFT."""
         rows, n = ws.x.shape
         bpfi_hz = self.spec.orders.bpfi * shaft_hz
-        seg_lens = np.array([sk_segment_length(fs, n, f) for f in bpfi_hz])
+        seg_lens = sk_segment_lengths(fs, n, bpfi_hz)
         bandwidth = np.minimum(np.maximum(6.0 * bpfi_hz, fs / 16.0), fs / 4.0)
         for seg in sorted(set(seg_lens.tolist())):
             sel = np.flatnonzero(seg_lens == seg)

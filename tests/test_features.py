@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent import features as features_mod
 from edge_agent.bearing import BearingGeometry
 from edge_agent.emulator.signal import SignalGenerator, SignalSpec
 from edge_agent.features import FeatureExtractor, FeatureSpec, feature_names
@@ -450,3 +451,44 @@ def test_bpfi_follows_the_shaft_speed(case, rpm):
     assert wrong["bpfi"] < 0.5 * len(windows), dict(wrong)
     wrong_snr = np.median(wrong_vectors[:, bpfi])
     assert right_snr > 3 * wrong_snr, (right_snr, wrong_snr)
+
+
+# ----------------------------------------------------------------------------- compiled kernels, edge cases
+def test_band_bins_is_the_scan_over_every_bin():
+    """band_bins finds each band's bins by arithmetic and a step or two; the answer is the
+    scan's (bins 1 <= k < n/2 with lo <= k fs/n < hi) for bands on bin edges, inside one
+    bin, out of range, inverted or NaN."""
+    n, fs = 4096, 12000.0
+    df = fs / n
+    bands = [(3 * df, 10 * df), (3 * df + 1e-9, 10 * df - 1e-9), (0.1, 0.2), (-50.0, 7.5), (5000.0, 9000.0),
+             (6000.0, 7000.0), (7.0, 3.0), (np.nan, 100.0), (100.0, np.nan), (-np.inf, np.inf), (1000.0, 1000.0)]
+    bands += [tuple(sorted(v)) for v in np.random.default_rng(8).uniform(-100, 6500, size=(200, 2))]
+    band = np.array(bands, dtype=np.float64)
+    k0, nb = np.empty(len(band), np.intp), np.empty(len(band), np.intp)
+    features_mod._spectral.band_bins(n, fs, band, k0, nb)
+    for (lo, hi), a, b in zip(band, k0, nb):
+        ks = [k for k in range(1, n // 2) if k * df >= lo and k * df < hi]
+        assert (a, b) == ((ks[0], len(ks)) if ks else (0, 0)), (lo, hi)
+
+
+def test_order_snr_noise_floor_is_the_median_of_the_neighbours():
+    """The amplitude over the median of the noise bins either side (an odd and an even count,
+    by selection; with a NaN among them, by sorting): numpy's median of the same bins."""
+    rng = np.random.default_rng(9)
+    E = rng.uniform(0.1, 1.0, size=(3, 257))
+    E[2, 40] = np.nan
+    df, tol = 1.0, 0.0
+    targets = np.array([[50.0, 5.0, 250.0]] * 3)
+    out = np.empty((3, 3))
+    features_mod._spectral.order_snr(E, df, targets, tol, 10, out, 0)
+    for r in range(3):
+        for t, f in enumerate(targets[r]):
+            kc = round(f / df)
+            k_lo, k_hi = max(kc - 1, 1), min(kc + 1, 256)
+            noise = np.concatenate([E[r, max(k_lo - 10, 1):k_lo], E[r, k_hi + 1:min(k_hi + 10, 256) + 1]])
+            if np.isnan(noise).any():  # no order to select in: it must end, whatever it gives
+                assert (r, f) == (2, 50.0)
+                continue
+            expected = E[r, k_lo:k_hi + 1].max() / np.median(noise)
+            np.testing.assert_allclose(out[r, t], expected, rtol=1e-12, err_msg=f"row {r} target {f}")
+    assert {len(np.r_[max(k - 1 - 10, 1):k - 1, k + 2:min(k + 1 + 10, 256) + 1]) % 2 for k in (5, 50, 250)} == {0, 1}
