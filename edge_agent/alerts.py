@@ -67,9 +67,9 @@ class Hysteresis:
             st = self._channels[channel] = _ChannelState(recent=deque(maxlen=self.raise_window))
         st.recent.append(hit)
         st.quiet = 0 if hit else st.quiet + 1
-        hits = [k for k in st.recent if k]
-        if st.open_alert is None and len(hits) >= self.raise_after:
-            st.open_alert = make_alert(Counter(hits).most_common(1)[0][0])
+        # a quiet window is None, a hit its type: count in C, list the hits only to raise
+        if st.open_alert is None and len(st.recent) - st.recent.count(None) >= self.raise_after:
+            st.open_alert = make_alert(Counter(k for k in st.recent if k).most_common(1)[0][0])
             return [st.open_alert]
         if st.open_alert is not None and st.quiet >= self.clear_after:
             cleared = dict(st.open_alert, state="cleared", cleared_at=time.time())

@@ -115,7 +115,7 @@ class DriftMonitor:
             return []
         msgs = []
         idx = self.regimes.index(rpm)
-        for r in np.unique(idx).tolist():
+        for r in sorted(set(idx.tolist())):  # not np.unique: its first call imports numpy.ma (~15 ms)
             recent = self._recent.get(r)
             name = self.regimes.names[r]
             if recent is None:

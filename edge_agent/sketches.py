@@ -104,7 +104,7 @@ class FeatureSketches:
             return
         idx = self.regimes.index(rpm)
         all_finite = bool(np.isfinite(x).all())
-        for r in np.unique(idx).tolist():
+        for r in sorted(set(idx.tolist())):  # not np.unique: its first call imports numpy.ma (~15 ms)
             rows = x[idx == r] if len(idx) and (idx != r).any() else x
             reg = self._current.get(r)
             if reg is None:
