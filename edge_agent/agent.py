@@ -31,7 +31,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,6 +61,9 @@ from edge_agent.pacing import Pace
 from edge_agent.topics import Topics
 from edge_agent.window import SampleBlock, Window
 from edge_agent.windower import Windower
+
+if TYPE_CHECKING:  # the daemon never runs a feature worker: multiprocessing stays unimported
+    from edge_agent.feature_worker import FeaturesAhead
 
 log = logging.getLogger(__name__)
 SUMMARY_SCHEMA = 1
@@ -117,6 +120,7 @@ class Agent:
             self.windower = Windower(scorer.window_length, scorer.hop, cfg.shaft.rpm, scorer.window_reference_fs)
         else:
             self.windower = Windower(cfg.window.length, cfg.window.hop, cfg.shaft.rpm)
+        self.features_ahead: FeaturesAhead | None = None  # a replay's feature worker, when it runs one
         self.quality_action = cfg.quality.action
         self.quality_limits = QualityLimits.from_config(cfg.quality)
         self.quality = QualityCounts()
@@ -537,7 +541,7 @@ class Agent:
         if scored:
             t = time.perf_counter()
             c = self.updater.clock() if self.updater is not None else 0.0
-            feats = self.extractor.extract([windows[i] for i in scored])
+            feats = self._features([windows[i] for i in scored])
             self.feature_seconds += time.perf_counter() - t
             batch_preds = self.model.predict(feats, [windows[i].channel for i in scored])
             latency = time.perf_counter() - t
@@ -580,6 +584,16 @@ class Agent:
         done = time.time()
         self.window_latency.extend([done - c for c in completed])
         return results
+
+    def _features(self, windows: list[Window]) -> np.ndarray:
+        """The windows' feature vectors: computed ahead by a replay's feature worker when it
+        has them (feature_worker.py), else by this thread's extractor."""
+        ahead = self.features_ahead
+        if ahead is not None:
+            feats = ahead.take(windows, self.extractor.spec)
+            if feats is not None:
+                return feats
+        return self.extractor.extract(windows)
 
     def _observe_update(self, windows: list[Window], preds: list[Prediction], compute: float) -> None:
         """Shadow gate and health check of a model update see every scored batch (``compute``:

@@ -93,6 +93,9 @@ def build_parser(fleet_commands: bool = True) -> argparse.ArgumentParser:
     replay.add_argument("--rpm", type=_positive_float, metavar="RPM", help="shaft speed (overrides the file)")
     replay.add_argument("--model", metavar="PACK", help="model pack (default: models/default.pack)")
     replay.add_argument("--jsonl", action="store_true", help="one JSON object per window on stdout")
+    replay.add_argument("--serial", action="store_true",
+                        help="everything in this process: no feature worker computing ahead (a long "
+                             "recording on 2+ cores gets one; the output is the same)")
 
     emulate = sub.add_parser(
         "emulate", help="the sensor MCU emulator on a new pty",
@@ -226,7 +229,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "replay":
         from edge_agent.replay_cmd import run_replay
 
-        return run_replay(args.file, fs=args.fs, rpm=args.rpm, model=args.model, jsonl=args.jsonl)
+        return run_replay(args.file, fs=args.fs, rpm=args.rpm, model=args.model, jsonl=args.jsonl,
+                          serial=args.serial)
     if args.command == "emulate":
         from edge_agent.emulator.mcu import EmulateOptions, run_emulate
 

@@ -18,18 +18,28 @@ Output, per analysed (scored) window, in time order:
   n windows are hits; the summary reports those too.
 * otherwise a human table on stdout.
 
+Speed (issue #5: 10x a textbook NumPy/SciPy pipeline; benches/bench_replay.py): an .npz
+signal stored uncompressed is memory-mapped instead of read (recordings.py); the throwaway
+storage is in memory when the machine has /dev/shm (no fsync per alert); and on two or more
+cores a recording of four batches or more gets a feature worker (feature_worker.py), a
+forked process computing the feature vectors ahead while this one scores, matched to the
+agent's windows, the output unchanged. ``--serial`` keeps everything in this process.
+
 Progress (about once a second) and the closing summary (windows per label, alert windows,
 alerts raised, data-quality flags, time, windows/s) go to stderr. Every problem with the
 file, the pack or the arguments is one line on stderr and exit 2.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -41,7 +51,9 @@ EXIT_USAGE = 2
 # blocks. Fewer, larger blocks than the source's: the windows are the same, the per-block cost less.
 BLOCK = 16384
 BATCH_BLOCKS = 16
+WORKER_MIN_BATCHES = 4  # a shorter recording is done before a feature worker would pay off
 PROGRESS_EVERY_S = 1.0
+SCRATCH_DIR = Path("/dev/shm")
 DEFAULT_PACK = Path(__file__).resolve().parent.parent / "models" / "default.pack"
 
 
@@ -51,7 +63,8 @@ def _fail(msg: str) -> int:
 
 
 def run_replay(file: str, fs: float | None = None, rpm: float | None = None, model: str | None = None,
-               jsonl: bool = False, out: TextIO | None = None, err: TextIO | None = None) -> int:
+               jsonl: bool = False, out: TextIO | None = None, err: TextIO | None = None,
+               serial: bool = False) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     from edge_agent.errors import StartupError
@@ -62,7 +75,7 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
             return _fail(f"no model pack: the default {DEFAULT_PACK} does not exist; give one with --model PACK")
         model = str(DEFAULT_PACK)
     try:
-        rec = load_recording(file, fs=fs, rpm=rpm)
+        rec = load_recording(file, fs=fs, rpm=rpm, mapped=True)
     except StartupError as exc:  # RecordingError
         return _fail(str(exc))
     except MemoryError:
@@ -76,7 +89,7 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
     old_level = edge_log.level
     edge_log.setLevel(logging.ERROR)  # alert and quality lines would drown the progress; the summary has them
     try:
-        with tempfile.TemporaryDirectory(prefix="edge-agent-replay-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="edge-agent-replay-", dir=_scratch_dir()) as tmp:
             cfg = default_config(storage={"dir": tmp}, broker={"enabled": False})
             cfg = replace(cfg, sources=(), model=replace(cfg.model, pack=str(model)))
             try:
@@ -95,9 +108,17 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
             if rec.n_samples < length:
                 print(f"replay: warning: {rec.n_samples} samples, shorter than one window ({length}): "
                       "nothing to analyse", file=err)
-            return _replay(agent, rec, SampleBlock, jsonl, out, err)
+            return _replay(agent, rec, SampleBlock, jsonl, out, err, serial)
     finally:
         edge_log.setLevel(old_level)
+
+
+def _scratch_dir() -> str | None:
+    """Where the replay's throwaway storage goes (the outbox and the alert log its alert rules
+    write, deleted at exit): memory (/dev/shm) when the machine has it, else the temporary
+    directory. Nothing there needs to survive a power cut, and on a disk every alert paid an
+    fsync: 0.12 s of a 1000 s replay's ~0.7 s against 0.05 s in memory (benches/RESULTS.md)."""
+    return str(SCRATCH_DIR) if SCRATCH_DIR.is_dir() and os.access(SCRATCH_DIR, os.W_OK | os.X_OK) else None
 
 
 def _num(v: float, digits: int = 4) -> str:
@@ -107,7 +128,7 @@ def _num(v: float, digits: int = 4) -> str:
     return repr(v) if v == v and v not in (float("inf"), float("-inf")) else "null"
 
 
-def _replay(agent, rec, SampleBlock, jsonl: bool, out: TextIO, err: TextIO) -> int:
+def _replay(agent, rec, SampleBlock, jsonl: bool, out: TextIO, err: TextIO, serial: bool = False) -> int:
     scorer = agent.model
     names = {ch: f"replay.{ch}" for ch in rec.channels}
     multi = len(rec.channels) > 1
@@ -122,6 +143,8 @@ def _replay(agent, rec, SampleBlock, jsonl: bool, out: TextIO, err: TextIO) -> i
         print(f"{'t_start_s':>10} {ch_col}{'label':<12} {'p':>5} {'anomaly':>8}  alert", file=out)
 
     quoted = {label: json.dumps(label) for label in scorer.labels}
+    # an int8 model's probabilities take at most 256 values per label: each formatted once
+    score_text = functools.lru_cache(maxsize=4096)(_num)
 
     def emit(results) -> None:
         nonlocal flagged, unscored, windows
@@ -141,7 +164,7 @@ def _replay(agent, rec, SampleBlock, jsonl: bool, out: TextIO, err: TextIO) -> i
                 alert_windows[kind] += 1
             t_start = round(w.t_start_us / 1e6, 6)
             if jsonl:  # json.dumps of the contract's object, written out: 3x faster per window
-                scores = ", ".join(f"{quoted[k]}: {_num(v)}" for k, v in p.scores.items())
+                scores = ", ".join([f"{quoted[k]}: {score_text(v)}" for k, v in p.scores.items()])
                 lines.append(f'{{"t_start": {_num(t_start, 6)}, "label": {quoted[p.label]}, "scores": {{{scores}}}, '
                              f'"anomaly_score": {_num(p.anomaly_score)}, "alert": {"true" if kind else "false"}}}')
             else:
@@ -153,28 +176,55 @@ def _replay(agent, rec, SampleBlock, jsonl: bool, out: TextIO, err: TextIO) -> i
             out.write("\n".join(lines) + "\n")
 
     n = rec.n_samples
-    batch: list = []
-    for start in range(0, n, BLOCK):
-        end = min(n, start + BLOCK)
-        t0_us = round(start * 1e6 / rec.fs)
-        for ch, x in rec.channels.items():
-            batch.append(SampleBlock(names[ch], x[start:end], rec.fs, t0_us, start, rec.rpm, rec.full_scale))
-        if len(batch) >= BATCH_BLOCKS or end == n:
+
+    def batches() -> Iterator[list]:
+        """The recording's blocks, BATCH_BLOCKS at a time (the feature worker walks them too)."""
+        batch: list = []
+        for start in range(0, n, BLOCK):
+            end = min(n, start + BLOCK)
+            t0_us = round(start * 1e6 / rec.fs)
+            for ch, x in rec.channels.items():
+                batch.append(SampleBlock(names[ch], x[start:end], rec.fs, t0_us, start, rec.rpm, rec.full_scale))
+            if len(batch) >= BATCH_BLOCKS or end == n:
+                yield batch
+                batch = []
+
+    ahead = _start_worker(agent, batches, n, serial, out, err)
+    try:
+        for batch in batches():
             emit(agent.process_blocks(batch))
-            batch = []
             now = time.perf_counter()
             if now >= next_progress:
                 next_progress = now + PROGRESS_EVERY_S
                 out.flush()
+                end = batch[-1].seq + len(batch[-1].samples)
                 print(f"replay: {end / rec.fs:.1f} of {rec.duration_s:.1f} s ({100 * end / n:.0f}%), {windows} windows, "
                       f"{windows / (now - t0):.0f} windows/s", file=err, flush=True)
+    finally:
+        if ahead is not None:
+            ahead.close()
+            agent.features_ahead = None
     out.flush()
     elapsed = time.perf_counter() - t0
-    _summary(agent, rec, labels, alert_windows, flagged, unscored, windows, elapsed, err)
+    _summary(agent, rec, labels, alert_windows, flagged, unscored, windows, elapsed, err, ahead)
     return EXIT_OK
 
 
-def _summary(agent, rec, labels, alert_windows, flagged, unscored, windows, elapsed, err) -> None:
+def _start_worker(agent, batches, n: int, serial: bool, out: TextIO, err: TextIO):
+    """The feature worker (feature_worker.py) for a recording of at least WORKER_MIN_BATCHES
+    batches, unless ``serial``; None when it does not run."""
+    if serial or n < WORKER_MIN_BATCHES * BATCH_BLOCKS * BLOCK:
+        return None
+    from edge_agent.feature_worker import FeaturesAhead
+
+    for stream in {out, err, sys.stdout, sys.stderr}:  # the child inherits unwritten buffers: leave none
+        stream.flush()
+    ahead = FeaturesAhead.start(batches, agent.windower, agent.extractor)
+    agent.features_ahead = ahead
+    return ahead
+
+
+def _summary(agent, rec, labels, alert_windows, flagged, unscored, windows, elapsed, err, ahead=None) -> None:
     scorer = agent.model
     p = lambda s="": print(s, file=err)  # noqa: E731
     p(f"replay summary: {Path(rec.source_desc.split(':')[0]).name}, {rec.duration_s:.1f} s, model {scorer.version}")
@@ -188,5 +238,10 @@ def _summary(agent, rec, labels, alert_windows, flagged, unscored, windows, elap
       f"({', '.join(f'{k} {v}' for k, v in agent.alerts_by_type.items()) or 'none'})")
     if flagged or unscored:
         p(f"  data quality: {flagged} window(s) flagged (scored, never alerting), {unscored} not scored")
+    if ahead is not None and ahead.stopped is not None:
+        p(f"  feature worker: stopped ({ahead.stopped}); {ahead.rows_taken} windows' features came from it, "
+          "the rest were computed here")
+    elif ahead is not None:
+        p(f"  feature worker: {ahead.rows_taken} windows' features computed ahead in a second process (--serial: none)")
     rate = windows / elapsed if elapsed > 0 else 0.0
     p(f"  time: {elapsed:.2f} s, {rate:.0f} windows/s, {rec.duration_s / elapsed if elapsed > 0 else 0:.0f}x real time")
