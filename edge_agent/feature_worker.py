@@ -8,11 +8,14 @@ every numpy call between the GIL-free parts waits for the GIL (benches/RESULTS.m
 A forked process has its own interpreter: measured, the processing of a 1000 s file went from
 0.83-0.91 s to 0.47-0.53 s on the 2-core VM.
 
-How: forked once the agent is built, the worker walks the same batches of blocks as the
-replay, cuts them into windows with its own :class:`~edge_agent.windower.Windower` (the
-agent's length, hop, reference rate and default speed), computes each batch's features with
-its own :class:`~edge_agent.features.FeatureExtractor` (the agent's spec) and sends
-``(keys, features)`` down a pipe. The pipe's buffer bounds how far ahead it runs. The agent
+How: forked as soon as the recording is loaded, from the pack's manifest alone
+(pack_scorer.pack_windowing), so it computes while the replay imports the rest and loads the
+model, the worker walks the same batches of blocks as the replay, cuts them into windows
+with its own :class:`~edge_agent.windower.Windower` (the pack's length, hop and reference
+rate, the config's default speed), computes each batch's features with its own
+:class:`~edge_agent.features.FeatureExtractor` (the pack's spec) and sends
+``(keys, features)`` down a pipe. Once the agent is built, :meth:`FeaturesAhead.serves`
+checks that its windower and extractor are those. The pipe's buffer bounds how far ahead it runs. The agent
 asks for the rows of the windows it scores (:meth:`FeaturesAhead.take`); a row is matched to
 its window by (channel, first sequence number, length), so a window never gets another
 window's vector, and windows the agent does not score (a flagged window with quality action
@@ -25,7 +28,8 @@ one (:attr:`FeaturesAhead.stopped` says why; the replay summary reports it). Not
 
 Only where it can help and is safe: a ``fork`` start method (Linux), at least two usable
 cores, and no other Python thread running (a fork copies only the calling thread, so a lock
-another thread held would stay held in the child).
+another thread held would stay held in the child). The fork comes before the interpreter
+backend and SQLite are loaded, so the child holds neither.
 """
 from __future__ import annotations
 
@@ -76,9 +80,10 @@ def why_not() -> str | None:
 class FeaturesAhead:
     """The parent's end: start with :meth:`start`, ask with :meth:`take`, end with :meth:`close`."""
 
-    def __init__(self, process: Any, conn: Any, spec: FeatureSpec, n_features: int) -> None:
+    def __init__(self, process: Any, conn: Any, windowing: tuple, spec: FeatureSpec, n_features: int) -> None:
         self._process = process
         self._conn = conn
+        self.windowing = windowing  # (length, hop, default rpm, reference rate) of its Windower
         self.spec = spec
         self._n = n_features
         self._pending: dict[Key, np.ndarray] = {}
@@ -96,12 +101,16 @@ class FeaturesAhead:
             return None
         ctx = multiprocessing.get_context("fork")
         receive, send = ctx.Pipe(duplex=False)
-        args = (send, batches, (windower.length, windower.hop, windower.default_rpm, windower.reference_fs),
-                extractor.spec)
-        process = ctx.Process(target=_work, args=args, name="edge-agent-features", daemon=True)
+        windowing = _windowing(windower)
+        process = ctx.Process(target=_work, args=(send, batches, windowing, extractor.spec),
+                              name="edge-agent-features", daemon=True)
         process.start()
         send.close()  # the child's copy is the only writer: its exit is our EOF
-        return cls(process, receive, extractor.spec, len(extractor.names))
+        return cls(process, receive, windowing, extractor.spec, len(extractor.names))
+
+    def serves(self, windower: Windower, extractor: FeatureExtractor) -> bool:
+        """Whether its windows and features are those of this windower and extractor."""
+        return _windowing(windower) == self.windowing and extractor.spec == self.spec
 
     def take(self, windows: Sequence[Window], spec: FeatureSpec) -> np.ndarray | None:
         """The feature rows of ``windows`` (in order), or None: compute them yourself."""
@@ -158,6 +167,10 @@ class FeaturesAhead:
         if self._process.is_alive():
             self._process.terminate()
         self._process.join(5.0)
+
+
+def _windowing(w: Windower) -> tuple:
+    return (w.length, w.hop, w.default_rpm, w.reference_fs)
 
 
 def _work(conn: Any, batches: Callable[[], Iterable[Sequence[SampleBlock]]], windowing: tuple,

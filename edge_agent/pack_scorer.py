@@ -77,6 +77,40 @@ def _spec_from_manifest(spec: dict[str, Any], cfg: Any, path: str) -> FeatureSpe
     return FeatureSpec(geometry.orders(), edges, band, tol, floor)
 
 
+@dataclass(frozen=True, slots=True)
+class PackWindowing:
+    """What a pack asks of the pipeline ahead of its model: the feature spec and the windows."""
+
+    spec: FeatureSpec
+    window_length: int
+    hop: int
+    # None: the window is window_length samples at every rate; else window_length / hop are
+    # the figures at this rate and scale with the rate in powers of two (edge_agent/windower.py)
+    window_reference_fs: float | None
+
+
+def pack_windowing(pack: Any, cfg: Any, path: str) -> PackWindowing:
+    """The pack's feature spec and windowing (manifest ``features``, the config filling in
+    what it leaves out), checked; PackError when malformed. Needs no interpreter: replay's
+    feature worker starts from it before the model is loaded (replay_cmd.py)."""
+    feats = pack.manifest["features"]
+    spec = feats.get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        raise PackError(f"{path}: features.spec must be an object")
+    spec = _spec_from_manifest(spec, cfg, path) if spec else FeatureSpec.from_config(cfg)
+    length = _int_or(feats.get("window_length"), cfg.window.length, path, "features.window_length")
+    hop = _int_or(feats.get("hop"), cfg.window.hop or length // 2, path, "features.hop")
+    if length < 256 or length & (length - 1):
+        raise PackError(f"{path}: features.window_length {length} is not a power of two >= 256")
+    if not 1 <= hop <= length:
+        raise PackError(f"{path}: features.hop {hop} must be from 1 to the window length")
+    ref_fs = feats.get("window_reference_fs_hz")
+    if ref_fs is not None and (isinstance(ref_fs, bool) or not isinstance(ref_fs, (int, float))
+                               or not np.isfinite(ref_fs) or ref_fs <= 0):
+        raise PackError(f"{path}: features.window_reference_fs_hz must be a positive number of Hz, got {ref_fs!r}")
+    return PackWindowing(spec, length, hop, float(ref_fs) if ref_fs is not None else None)
+
+
 class PackScorer:
     """A model pack as the pipeline's model stage (see the module docstring)."""
 
@@ -99,10 +133,8 @@ class PackScorer:
         self.version = pack.describe()
         self.labels: tuple[str, ...] = self.model.labels
         feats = m["features"]
-        spec = feats.get("spec")
-        if spec is not None and not isinstance(spec, dict):
-            raise PackError(f"{path}: features.spec must be an object")
-        self.spec = _spec_from_manifest(spec, cfg, path) if spec else FeatureSpec.from_config(cfg)
+        windowing = pack_windowing(pack, cfg, path)
+        self.spec = windowing.spec
         self.extractor = FeatureExtractor(self.spec)
         known = {name: i for i, name in enumerate(self.extractor.names)}
         unknown = [n for n in self.model.feature_names if n not in known]
@@ -112,19 +144,8 @@ class PackScorer:
                 f"(with this feature spec it computes {len(known)} features, e.g. {', '.join(list(known)[:6])}, ...)"
             )
         self.feature_index = np.array([known[n] for n in self.model.feature_names], dtype=np.intp)
-        self.window_length = _int_or(feats.get("window_length"), cfg.window.length, path, "features.window_length")
-        self.hop = _int_or(feats.get("hop"), cfg.window.hop or self.window_length // 2, path, "features.hop")
-        if self.window_length < 256 or self.window_length & (self.window_length - 1):
-            raise PackError(f"{path}: features.window_length {self.window_length} is not a power of two >= 256")
-        if not 1 <= self.hop <= self.window_length:
-            raise PackError(f"{path}: features.hop {self.hop} must be from 1 to the window length")
-        ref_fs = feats.get("window_reference_fs_hz")
-        if ref_fs is not None and (isinstance(ref_fs, bool) or not isinstance(ref_fs, (int, float))
-                                   or not np.isfinite(ref_fs) or ref_fs <= 0):
-            raise PackError(f"{path}: features.window_reference_fs_hz must be a positive number of Hz, got {ref_fs!r}")
-        # None: the window is window_length samples at every rate; else window_length / hop are
-        # the figures at this rate and scale with the rate in powers of two (edge_agent/windower.py)
-        self.window_reference_fs = float(ref_fs) if ref_fs is not None else None
+        self.window_length, self.hop = windowing.window_length, windowing.hop
+        self.window_reference_fs = windowing.window_reference_fs
         fs_range = feats.get("fs_range")
         self.fs_range = tuple(float(x) for x in fs_range) if isinstance(fs_range, list) and len(fs_range) == 2 else None
         th = m["thresholds"]

@@ -81,21 +81,29 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
     except MemoryError:
         return _fail(f"recording {file}: too large to load into memory")
 
-    from edge_agent.agent import Agent
     from edge_agent.config import default_config
-    from edge_agent.window import SampleBlock
 
     edge_log = logging.getLogger("edge_agent")
     old_level = edge_log.level
     edge_log.setLevel(logging.ERROR)  # alert and quality lines would drown the progress; the summary has them
+    ahead = None
     try:
         with tempfile.TemporaryDirectory(prefix="edge-agent-replay-", dir=_scratch_dir()) as tmp:
             cfg = default_config(storage={"dir": tmp}, broker={"enabled": False})
             cfg = replace(cfg, sources=(), model=replace(cfg.model, pack=str(model)))
+            # the worker starts before the agent is built: it computes while this process
+            # imports the rest and loads the model (and forks with no interpreter threads yet)
+            ahead = None if serial else _start_worker(rec, cfg, str(model), out, err)
+            from edge_agent.agent import Agent
+
             try:
                 agent = Agent(cfg)
             except StartupError as exc:
                 return _fail(str(exc))
+            if ahead is not None and not ahead.serves(agent.windower, agent.extractor):
+                ahead.close()  # cannot happen with the same pack and config; computed here then
+                ahead = None
+            agent.features_ahead = ahead
             scorer = agent.model
             length, hop = agent.windower.length_at(rec.fs)
             print(f"replay: {rec.source_desc}; model {scorer.version} ({scorer.backend}), window "
@@ -108,8 +116,10 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
             if rec.n_samples < length:
                 print(f"replay: warning: {rec.n_samples} samples, shorter than one window ({length}): "
                       "nothing to analyse", file=err)
-            return _replay(agent, rec, SampleBlock, jsonl, out, err, serial)
+            return _replay(agent, rec, jsonl, out, err, ahead)
     finally:
+        if ahead is not None:
+            ahead.close()
         edge_log.setLevel(old_level)
 
 
@@ -128,9 +138,51 @@ def _num(v: float, digits: int = 4) -> str:
     return repr(v) if v == v and v not in (float("inf"), float("-inf")) else "null"
 
 
-def _replay(agent, rec, SampleBlock, jsonl: bool, out: TextIO, err: TextIO, serial: bool = False) -> int:
-    scorer = agent.model
+def _batches(rec) -> Iterator[list]:
+    """The recording's blocks, BLOCK samples a channel each, BATCH_BLOCKS at a time: what the
+    agent is fed, and what the feature worker walks."""
+    from edge_agent.window import SampleBlock
+
     names = {ch: f"replay.{ch}" for ch in rec.channels}
+    n = rec.n_samples
+    batch: list = []
+    for start in range(0, n, BLOCK):
+        end = min(n, start + BLOCK)
+        t0_us = round(start * 1e6 / rec.fs)
+        for ch, x in rec.channels.items():
+            batch.append(SampleBlock(names[ch], x[start:end], rec.fs, t0_us, start, rec.rpm, rec.full_scale))
+        if len(batch) >= BATCH_BLOCKS or end == n:
+            yield batch
+            batch = []
+
+
+def _start_worker(rec, cfg, model: str, out: TextIO, err: TextIO):
+    """The feature worker (feature_worker.py) for a recording of at least WORKER_MIN_BATCHES
+    batches, set up from the pack's manifest alone; None when it does not run (a short
+    recording, one core, a pack the agent will refuse anyway)."""
+    if rec.n_samples * len(rec.channels) < WORKER_MIN_BATCHES * BATCH_BLOCKS * BLOCK:
+        return None
+    from edge_agent.feature_worker import FeaturesAhead, why_not
+
+    if why_not() is not None:
+        return None
+    from edge_agent.features import FeatureExtractor
+    from edge_agent.pack import PackError, read_pack
+    from edge_agent.pack_scorer import pack_windowing
+    from edge_agent.windower import Windower
+
+    try:
+        w = pack_windowing(read_pack(model), cfg, model)
+    except (PackError, OSError, KeyError, TypeError, ValueError):
+        return None  # the agent says what is wrong with it
+    for stream in {out, err, sys.stdout, sys.stderr}:  # the child inherits unwritten buffers: leave none
+        stream.flush()
+    windower = Windower(w.window_length, w.hop, cfg.shaft.rpm, w.window_reference_fs)
+    return FeaturesAhead.start(lambda: _batches(rec), windower, FeatureExtractor(w.spec))
+
+
+def _replay(agent, rec, jsonl: bool, out: TextIO, err: TextIO, ahead) -> int:
+    scorer = agent.model
     multi = len(rec.channels) > 1
     labels: Counter[str] = Counter()
     alert_windows: Counter[str] = Counter()
@@ -176,52 +228,19 @@ def _replay(agent, rec, SampleBlock, jsonl: bool, out: TextIO, err: TextIO, seri
             out.write("\n".join(lines) + "\n")
 
     n = rec.n_samples
-
-    def batches() -> Iterator[list]:
-        """The recording's blocks, BATCH_BLOCKS at a time (the feature worker walks them too)."""
-        batch: list = []
-        for start in range(0, n, BLOCK):
-            end = min(n, start + BLOCK)
-            t0_us = round(start * 1e6 / rec.fs)
-            for ch, x in rec.channels.items():
-                batch.append(SampleBlock(names[ch], x[start:end], rec.fs, t0_us, start, rec.rpm, rec.full_scale))
-            if len(batch) >= BATCH_BLOCKS or end == n:
-                yield batch
-                batch = []
-
-    ahead = _start_worker(agent, batches, n, serial, out, err)
-    try:
-        for batch in batches():
-            emit(agent.process_blocks(batch))
-            now = time.perf_counter()
-            if now >= next_progress:
-                next_progress = now + PROGRESS_EVERY_S
-                out.flush()
-                end = batch[-1].seq + len(batch[-1].samples)
-                print(f"replay: {end / rec.fs:.1f} of {rec.duration_s:.1f} s ({100 * end / n:.0f}%), {windows} windows, "
-                      f"{windows / (now - t0):.0f} windows/s", file=err, flush=True)
-    finally:
-        if ahead is not None:
-            ahead.close()
-            agent.features_ahead = None
+    for batch in _batches(rec):
+        emit(agent.process_blocks(batch))
+        now = time.perf_counter()
+        if now >= next_progress:
+            next_progress = now + PROGRESS_EVERY_S
+            out.flush()
+            end = batch[-1].seq + len(batch[-1].samples)
+            print(f"replay: {end / rec.fs:.1f} of {rec.duration_s:.1f} s ({100 * end / n:.0f}%), {windows} windows, "
+                  f"{windows / (now - t0):.0f} windows/s", file=err, flush=True)
     out.flush()
     elapsed = time.perf_counter() - t0
     _summary(agent, rec, labels, alert_windows, flagged, unscored, windows, elapsed, err, ahead)
     return EXIT_OK
-
-
-def _start_worker(agent, batches, n: int, serial: bool, out: TextIO, err: TextIO):
-    """The feature worker (feature_worker.py) for a recording of at least WORKER_MIN_BATCHES
-    batches, unless ``serial``; None when it does not run."""
-    if serial or n < WORKER_MIN_BATCHES * BATCH_BLOCKS * BLOCK:
-        return None
-    from edge_agent.feature_worker import FeaturesAhead
-
-    for stream in {out, err, sys.stdout, sys.stderr}:  # the child inherits unwritten buffers: leave none
-        stream.flush()
-    ahead = FeaturesAhead.start(batches, agent.windower, agent.extractor)
-    agent.features_ahead = ahead
-    return ahead
 
 
 def _summary(agent, rec, labels, alert_windows, flagged, unscored, windows, elapsed, err, ahead=None) -> None:

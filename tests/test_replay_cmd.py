@@ -4,6 +4,7 @@ one-line exit-2 errors. The tiny pack is not a diagnostic model: no accuracy is 
 import io
 import json
 import math
+import subprocess
 import wave
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_agent import replay_cmd
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import edge_agent_cmd, run_cli
 
 TINY = str(Path(__file__).parent / "data" / "tiny.pack")
 LABELS = {"normal", "inner_race", "outer_race", "ball"}
@@ -176,3 +177,22 @@ def test_short_recording_gives_no_windows(tmp_path):
     write_wav(tmp_path / "short.wav", signal(12000, 0.2), 12000)
     r = run_cli("replay", str(tmp_path / "short.wav"), "--model", TINY, "--jsonl")
     assert r.returncode == 0 and r.stdout == "" and "shorter than one window" in r.stderr
+
+
+def test_a_reader_that_stops_early_ends_it_quietly(tmp_path):
+    """``edge-agent replay ... | head -1``: the command ends at once without its interpreter's
+    teardown (cli.QUICK_EXIT); a closed stdout is exit 0 with no traceback, and a whole run
+    read to the end has every line and the summary (both flushed before the quick exit)."""
+    path = tmp_path / "rec.npz"
+    x = np.random.default_rng(5).normal(0, 0.1, 12000 * 30).astype(np.float32)
+    np.savez(path, DE=x, fs=12000.0, rpm=1797.0)
+    argv = [*edge_agent_cmd(), "replay", str(path), "--model", TINY, "--jsonl"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert json.loads(p.stdout.readline())["t_start"] == 0.0
+    p.stdout.close()  # as head does after its line
+    err = p.stderr.read().decode()
+    assert p.wait(60) == 0 and "Traceback" not in err and "Exception ignored" not in err
+    whole = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert whole.returncode == 0
+    check_jsonl(whole.stdout, n_windows(len(x)), 12000.0)
+    assert "replay summary" in whole.stderr and whole.stderr.rstrip().endswith("x real time")
