@@ -555,7 +555,10 @@ class Agent:
                 self._observe_update([windows[i] for i in scored], batch_preds, compute)
         results: list[WindowResult] = []
         for w, p, detail, done in zip(windows, preds, details, completed):
-            self._last_windows.setdefault(w.channel, deque(maxlen=EVIDENCE_WINDOWS)).append(w)
+            ring = self._last_windows.get(w.channel)
+            if ring is None:
+                ring = self._last_windows[w.channel] = deque(maxlen=EVIDENCE_WINDOWS)
+            ring.append(w)
             if w.flags:
                 self._log_quality(w, detail, scored=p is not None)
             self.quality.record(w.channel, w.flags, scored=p is not None)

@@ -217,7 +217,7 @@ def _replay(agent, rec, jsonl: bool, out: TextIO, err: TextIO, ahead) -> int:
             t_start = round(w.t_start_us / 1e6, 6)
             if jsonl:  # json.dumps of the contract's object, written out: 3x faster per window
                 scores = ", ".join([f"{quoted[k]}: {score_text(v)}" for k, v in p.scores.items()])
-                lines.append(f'{{"t_start": {_num(t_start, 6)}, "label": {quoted[p.label]}, "scores": {{{scores}}}, '
+                lines.append(f'{{"t_start": {t_start!r}, "label": {quoted[p.label]}, "scores": {{{scores}}}, '
                              f'"anomaly_score": {_num(p.anomaly_score)}, "alert": {"true" if kind else "false"}}}')
             else:
                 ch = f"{w.channel.removeprefix('replay.'):<12} " if multi else ""
