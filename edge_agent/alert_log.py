@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
+EVIDENCE_MAX_MB = 16.0  # evidence windows kept, all alerts together, by default
+
+
 class AlertLogError(Exception):
     """A clear, one-line problem with the alert log (unknown id, unreadable file ...)."""
 
@@ -69,7 +72,7 @@ class Evidence:
 
 
 class AlertLog:
-    def __init__(self, storage_dir: str | Path, evidence_max_mb: float = 16.0, create: bool = True) -> None:
+    def __init__(self, storage_dir: str | Path, evidence_max_mb: float = EVIDENCE_MAX_MB, create: bool = True) -> None:
         self.path = Path(storage_dir) / FILE_NAME
         if not create and not self.path.exists():
             raise AlertLogError(f"no alert log at {self.path} (the daemon has not raised an alert with this storage dir)")

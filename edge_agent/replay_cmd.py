@@ -88,7 +88,11 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
     edge_log.setLevel(logging.ERROR)  # alert and quality lines would drown the progress; the summary has them
     ahead = None
     try:
-        with tempfile.TemporaryDirectory(prefix="edge-agent-replay-", dir=_scratch_dir()) as tmp:
+        from edge_agent.alert_log import EVIDENCE_MAX_MB
+
+        # room for a full outbox and the alert log's evidence, twice over
+        scratch = _scratch_dir(need_mb=2 * (default_config().storage.outbox_max_mb + EVIDENCE_MAX_MB))
+        with tempfile.TemporaryDirectory(prefix="edge-agent-replay-", dir=scratch) as tmp:
             cfg = default_config(storage={"dir": tmp}, broker={"enabled": False})
             cfg = replace(cfg, sources=(), model=replace(cfg.model, pack=str(model)))
             # the worker starts before the agent is built: it computes while this process
@@ -123,12 +127,18 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
         edge_log.setLevel(old_level)
 
 
-def _scratch_dir() -> str | None:
+def _scratch_dir(need_mb: float) -> str | None:
     """Where the replay's throwaway storage goes (the outbox and the alert log its alert rules
-    write, deleted at exit): memory (/dev/shm) when the machine has it, else the temporary
-    directory. Nothing there needs to survive a power cut, and on a disk every alert paid an
-    fsync: 0.12 s of a 1000 s replay's ~0.7 s against 0.05 s in memory (benches/RESULTS.md)."""
-    return str(SCRATCH_DIR) if SCRATCH_DIR.is_dir() and os.access(SCRATCH_DIR, os.W_OK | os.X_OK) else None
+    write, deleted at exit): memory (/dev/shm) when the machine has it with room for
+    ``need_mb``, else the temporary directory. Nothing there needs to survive a power cut, and
+    on a disk every alert paid an fsync: 0.12 s of a 1000 s replay's ~0.7 s against 0.05 s in
+    memory (benches/RESULTS.md). A container's /dev/shm is often 64 MB: too small, then."""
+    try:
+        st = os.statvfs(SCRATCH_DIR)
+    except OSError:
+        return None
+    room_mb = st.f_bavail * st.f_frsize / 2**20
+    return str(SCRATCH_DIR) if room_mb >= need_mb and os.access(SCRATCH_DIR, os.W_OK | os.X_OK) else None
 
 
 def _num(v: float, digits: int = 4) -> str:

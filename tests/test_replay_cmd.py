@@ -196,3 +196,13 @@ def test_a_reader_that_stops_early_ends_it_quietly(tmp_path):
     assert whole.returncode == 0
     check_jsonl(whole.stdout, n_windows(len(x)), 12000.0)
     assert "replay summary" in whole.stderr and whole.stderr.rstrip().endswith("x real time")
+
+
+def test_scratch_storage_in_memory_only_with_room(tmp_path, monkeypatch):
+    """The replay's throwaway outbox and alert log go to /dev/shm (no fsync per alert) only
+    when it has room for them; a small one (a container's 64 MB) leaves them on disk."""
+    monkeypatch.setattr(replay_cmd, "SCRATCH_DIR", tmp_path)
+    assert replay_cmd._scratch_dir(need_mb=1.0) == str(tmp_path)
+    assert replay_cmd._scratch_dir(need_mb=1e12) is None  # a petabyte: never there
+    monkeypatch.setattr(replay_cmd, "SCRATCH_DIR", tmp_path / "absent")
+    assert replay_cmd._scratch_dir(need_mb=1.0) is None
