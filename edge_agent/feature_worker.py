@@ -14,12 +14,12 @@ model, the worker walks the same batches of blocks as the replay, cuts them into
 with its own :class:`~edge_agent.windower.Windower` (the pack's length, hop and reference
 rate, the config's default speed), computes each batch's features with its own
 :class:`~edge_agent.features.FeatureExtractor` (the pack's spec) and sends
-``(keys, features)`` down a pipe. Once the agent is built, :meth:`FeaturesAhead.serves`
-checks that its windower and extractor are those. The pipe's buffer bounds how far ahead it runs. The agent
-asks for the rows of the windows it scores (:meth:`FeaturesAhead.take`); a row is matched to
-its window by (channel, first sequence number, length), so a window never gets another
-window's vector, and windows the agent does not score (a flagged window with quality action
-``drop``) are skipped. The worker's code and inputs are the agent's own, so the rows are the
+``(keys, features)`` down a pipe; the pipe's buffer bounds how far ahead it runs. Once the
+agent is built, :meth:`FeaturesAhead.serves` checks that its windower and extractor are
+those. The agent asks for the rows of the windows it scores (:meth:`FeaturesAhead.take`); a
+row is matched to its window by (channel, first sequence number, length), so a window never
+gets another window's vector, and windows the agent does not score (a flagged window with
+quality action ``drop``) are skipped. The worker's code and inputs are the agent's own, so the rows are the
 ones the agent would compute (tests/test_feature_worker.py compares whole replays).
 
 Anything unexpected (the worker gone or silent, a window it did not send, another feature
@@ -37,6 +37,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -192,5 +193,9 @@ def _work(conn: Any, batches: Callable[[], Iterable[Sequence[SampleBlock]]], win
                 conn.send(([_key(w) for w in windows], extractor.extract(windows)))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent closed its end: it needs no more
+    except Exception as exc:  # noqa: BLE001 - one line, not a child's traceback on the user's terminal
+        print(f"edge-agent: feature worker failed ({exc!r}); the features are computed in the main process",
+              file=sys.stderr, flush=True)
+        os._exit(1)  # the parent sees the pipe close and the exit code, and carries on
     finally:
         conn.close()

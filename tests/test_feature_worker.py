@@ -78,6 +78,28 @@ def test_a_worker_that_dies_midway_is_replaced_by_this_process(recording, monkey
     assert "the rest were computed here" in err
 
 
+@needs_two_cores
+def test_a_worker_that_fails_says_so_in_one_line(recording, monkeypatch, capfd):
+    """An exception in the worker (here its third batch's extraction): one line on stderr, no
+    child's traceback, exit 1, and the replay completes on its own extractor."""
+    class Failing(FeatureExtractor):
+        calls = 0
+
+        def extract(self, windows):
+            Failing.calls += 1
+            if Failing.calls == 3:
+                raise MemoryError("no room for the workspace")
+            return super().extract(windows)
+
+    monkeypatch.setattr(feature_worker, "FeatureExtractor", Failing)  # the child builds its own from this
+    out, err = replay(recording, serial=False)
+    child = capfd.readouterr().err
+    assert out == replay(recording, serial=True)[0]
+    assert "feature worker: stopped (the worker ended (exit code 1)" in err
+    assert "edge-agent: feature worker failed (MemoryError('no room for the workspace'))" in child
+    assert "Traceback" not in child
+
+
 def _blocks(channel: str, x: np.ndarray, first_seq: int = 0, block: int = 4096):
     return [SampleBlock(channel, x[i:i + block], FS, round((first_seq + i) * 1e6 / FS), first_seq + i, 1700.0)
             for i in range(0, len(x), block)]
