@@ -277,11 +277,13 @@ def evaluate(taken: dict[str, RegimeSketch], profile: Profile | None, th: DriftT
     return out
 
 
-def ks_values(live: np.ndarray, ref_feature: dict, table: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+def ks_values(live: np.ndarray, ref_feature: dict, table: tuple[np.ndarray, np.ndarray] | None = None,
+              presorted: bool = False) -> float:
     """KS distance of raw live values against a profile feature's reference CDF: the sup is
     taken at the live values (both one-sided limits) and at the reference's quantiles.
-    ``table``: the reference CDF table from :func:`ref_table`, when judged repeatedly."""
-    a = np.sort(np.asarray(live, dtype=np.float64))
+    ``table``: the reference CDF table from :func:`ref_table`, when judged repeatedly;
+    ``presorted``: ``live`` is sorted already."""
+    a = np.asarray(live, dtype=np.float64) if presorted else np.sort(np.asarray(live, dtype=np.float64))
     n = len(a)
     uq, ur = table if table is not None else ref_table(ref_feature)
     fr = np.interp(a, uq, ur, left=0.0, right=1.0)
@@ -339,16 +341,25 @@ class RecentWindows:
         stats, status = {}, "ok"
         finite = np.isfinite(self.values)
         all_finite = bool(finite.all())
+        # all finite (the rule): every column sorted in one call; a bin's count is then the
+        # difference of two ranks (x in [e_b-1, e_b) <=> #{x < e_b-1} <= rank < #{x < e_b}),
+        # and KS needs the sorted values anyway
+        ranked = np.sort(self.values, axis=0) if all_finite else None
         for j, f in enumerate(self.names):
-            col = self.values[:, j] if all_finite else self.values[finite[:, j], j]
-            if len(col) == 0:
-                continue
-            counts = np.bincount(np.searchsorted(self._inner[j], col, side="right"), minlength=len(self._q[j]))
+            if ranked is not None:
+                col = ranked[:, j]
+                below = np.searchsorted(col, self._inner[j], side="left")
+                counts = np.diff(below, prepend=0, append=len(col))
+            else:
+                col = self.values[finite[:, j], j]
+                if len(col) == 0:
+                    continue
+                counts = np.bincount(np.searchsorted(self._inner[j], col, side="right"), minlength=len(self._q[j]))
             share = np.maximum(counts / len(col), EPS)
             q = self._q[j]
             p = float(np.sum((share - q) * np.log(share / q)))  # = psi_exact(col, ref)
             level = "drift" if p >= th.psi_drift else "warn" if p >= th.psi_warn else "ok"
-            k = ks_values(col, self.ref[f], self._cdf[j]) if ks_always or level != "ok" else None
+            k = ks_values(col, self.ref[f], self._cdf[j], ranked is not None) if ks_always or level != "ok" else None
             stats[f] = {"psi": round(p, 4), "ks": None if k is None else round(k, 4), "status": level}
             if level == "drift" or (level == "warn" and status == "ok"):
                 status = level

@@ -30,6 +30,28 @@ def test_block_larger_than_buffer_is_cut_into_all_its_windows():
     assert [win.seq_first for win in out] == list(range(0, 2560, 256))
 
 
+@pytest.mark.parametrize("hop", [1, 100, 256, 512])
+def test_the_windows_do_not_depend_on_how_the_stream_is_cut(hop):
+    """Blocks of random sizes (empty, shorter than a window, several windows long) give the
+    windows a single block gives: x[s : s + length] for s = 0, hop, 2 hop, ..., each its own
+    copy (a later push or a change to the block does not touch it)."""
+    length, n = 512, 20_000
+    x = np.random.default_rng(hop).normal(size=n).astype(np.float32)
+    whole = Windower(length, hop, 1.0).push(SampleBlock("a", x.copy(), 1000.0, 0, 0))
+    assert [win.seq_first for win in whole] == list(range(0, n - length + 1, hop))
+    rng = np.random.default_rng(7)
+    cuts = np.unique(np.concatenate([[0, n], rng.integers(0, n, 60), [100, 100, 5000]]))  # 100: an empty block
+    w, got = Windower(length, hop, 1.0), []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        block = x[a:b].copy()
+        got += w.push(SampleBlock("a", block, 1000.0, round(a * 1e3), int(a)))
+        block[:] = np.nan  # the source reuses its buffer
+    assert [win.seq_first for win in got] == [win.seq_first for win in whole]
+    for win in got:
+        np.testing.assert_array_equal(win.samples, x[win.seq_first : win.seq_first + length])
+        assert win.samples.flags.owndata and win.t_start_us == round(win.seq_first * 1e3)
+
+
 def test_gap_restarts_windowing_and_is_counted():
     w = Windower(length=256, hop=256, default_rpm=1.0)
     assert w.push(SampleBlock("a", np.zeros(200, np.float32), 1000.0, 0, 0)) == []
