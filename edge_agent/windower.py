@@ -1,9 +1,9 @@
 """Cut each channel's sample stream into fixed-length windows, ``hop`` samples apart.
 
 One buffer per channel holds the samples short of its next window. A block whose first
-sequence number does not follow the previous one, or whose sample rate differs, is a gap: the partial
-window is discarded (counted in ``gaps``/``discarded_samples``) and windowing restarts, so a
-window never spans a discontinuity. Timestamps of a window are derived from the first
+sequence number does not follow the previous one, or whose sample rate differs, is a gap:
+the partial window is discarded (counted in ``gaps``/``discarded_samples``) and windowing
+restarts, so a window never spans a discontinuity. Timestamps of a window are derived from the first
 block after the last restart and the sample count, not from per-block clocks, so jitter in
 frame timestamps does not jitter the window grid.
 
