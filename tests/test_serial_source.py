@@ -23,7 +23,7 @@ from edge_agent.config import default_config
 from edge_agent.pacing import Pace
 from edge_agent.protocol.frame import Frame, MsgType, decode_wire_chunk, encode_wire, samples_frame
 from edge_agent.sources import make_source
-from edge_agent.sources.serial_port import SerialSource
+from edge_agent.sources.serial_port import EMPTY_READS_MAX, SerialSource
 
 STREAM_TYPES = {"samples": MsgType.SAMPLES, "speed": MsgType.SPEED, "temperature": MsgType.TEMPERATURE}
 FRAME_S = 256 / 25600  # one accelerometer frame at the default rate
@@ -435,3 +435,79 @@ def test_garbage_on_the_line_is_counted_and_good_frames_still_come_through(pty_p
     c = run.source.counters()
     assert c["rejected_oversize"] == 1 and sum(_rejected(c).values()) >= 4 and c["frame_errors"] == 0
     assert c["frames_samples"] == 4 and c["seq_gaps"] == 0 and c["duplicates"] == 1  # odd[0] repeats seq 0
+
+
+def _sample_wire(seq: int) -> bytes:
+    return encode_wire(samples_frame(
+        np.full((256, 2), seq, np.int16), sensor_id=4, seq=seq, timestamp_us=seq * 10_000, sample_rate=25600.0, scale=0.001))
+
+
+def _empty_reads_injected(monkeypatch, how_many: int) -> list[int]:
+    """Make the source's next ``how_many`` reads of a readable port return no bytes, as a
+    Linux pty read with VMIN=0 now and then does right after poll said it was readable (CI
+    saw it once at full rate). The bytes stay in the real pty for the next read."""
+    import os as real_os
+
+    from edge_agent.sources import serial_port
+
+    left = [how_many]
+
+    class _Os:  # the real os module, but for the first reads
+        def __getattr__(self, name):
+            return getattr(real_os, name)
+
+        @staticmethod
+        def read(fd, n):
+            if left[0] > 0:
+                left[0] -= 1
+                return b""
+            return real_os.read(fd, n)
+
+    monkeypatch.setattr(serial_port, "os", _Os())
+    return left
+
+
+def _source_streaming(pty_pair) -> SourceRun:
+    run = SourceRun(pty_pair.slave_path)
+    hello = b""
+    deadline = time.monotonic() + 5
+    while hello.count(b"\x00") < 2 and time.monotonic() < deadline:  # TIME_SYNC + START: the port is open
+        hello += pty_pair.read(1, timeout=0.5)
+    assert hello.count(b"\x00") == 2, hello
+    return run
+
+
+def test_a_readable_port_that_once_returns_no_bytes_is_read_on_not_reopened(pty_pair, monkeypatch):
+    """Reopening would flush the frames waiting in the port: they must all arrive."""
+    run = _source_streaming(pty_pair)
+    pty_pair.write(_sample_wire(0), timeout=5)
+    run.wait_until(lambda: run.decoded(MsgType.SAMPLES) == [0], 5, "the first frame")
+    left = _empty_reads_injected(monkeypatch, EMPTY_READS_MAX - 1)
+    for seq in range(1, 6):
+        pty_pair.write(_sample_wire(seq), timeout=5)
+    run.wait_until(lambda: len(run.decoded(MsgType.SAMPLES)) == 6, 5, "every frame after the empty reads")
+    run.stop()
+    c = run.source.counters()
+    assert left == [0] and c["empty_reads"] == EMPTY_READS_MAX - 1, c
+    assert c["port_disconnects"] == 0 and c["port_opens"] == 1 and c["seq_gaps"] == 0, c
+    assert run.decoded(MsgType.SAMPLES) == list(range(6))
+
+
+def test_a_port_that_keeps_returning_no_bytes_is_taken_as_gone(pty_pair, monkeypatch):
+    run = _source_streaming(pty_pair)
+    _empty_reads_injected(monkeypatch, 10_000)
+    pty_pair.write(_sample_wire(0), timeout=5)  # readable from now on, but every read is empty
+    run.wait_until(lambda: run.source.disconnects >= 1, 5, "the source to give the port up")
+    run.stop()
+    c = run.source.counters()
+    assert c["empty_reads"] >= EMPTY_READS_MAX and c["port_opens"] >= 1, c
+
+
+def test_a_hung_up_port_is_gone_at_the_first_empty_read(pty_pair):
+    run = _source_streaming(pty_pair)
+    pty_pair.write(_sample_wire(0), timeout=5)
+    run.wait_until(lambda: run.decoded(MsgType.SAMPLES) == [0], 5, "the first frame")
+    pty_pair.close()  # the master closes: the slave is hung up (POLLHUP), as a USB unplug
+    run.wait_until(lambda: run.source.disconnects == 1, 5, "the source to see the hang-up")
+    run.stop()
+    assert run.source.counters()["empty_reads"] == 0

@@ -3,7 +3,7 @@
 Bytes -> StreamDecoder (frames, resync at every 0x00) -> FrameAssembler (seq gaps,
 duplicates, timestamps) -> SampleBlocks, all on this source's thread.
 
-Reading waits (``select``) for at most ``read_timeout_s`` and then takes everything waiting
+Reading waits (``poll``) for at most ``read_timeout_s`` and then takes everything waiting
 in one ``os.read``, so an idle port costs nothing and a busy one is read in large pieces.
 pyserial opens, configures and writes the port; its ``read(1)`` + ``in_waiting`` + ``read(n)``
 took two selects, two reads and an ioctl through several Python layers per wake-up (about a
@@ -15,7 +15,11 @@ whenever no sample frame has come for 2 s while it wants data (a START lost on t
 MCU that rebooted and waits for one).
 
 A sensor can vanish (USB unplugged, MCU reset): a read or write fails (SerialException,
-OSError), or the port's path disappears or starts naming another device. The source then
+OSError), the port reads as end of file with a hang-up (POLLHUP), or the port's path
+disappears or starts naming another device. A read that finds no bytes without a hang-up is
+a spurious wake-up (Linux ptys do it now and then): counted (``empty_reads``) and read on,
+since reopening would flush the frames waiting in the port; only EMPTY_READS_MAX of them in a
+row count as gone. The source then
 closes the port, logs once, counts a disconnect and tries to open the path again after 0.1 s,
 doubling to at most 1 s, so it is back within about a second of the port's return. A port
 that does not exist at start is handled the same way: the agent runs and keeps trying. The
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import queue
 import random
@@ -61,6 +66,8 @@ GATEWAY_SENSOR_ID = 0  # commands go to whichever MCU is on the line
 RESTART_AFTER_S = 2.0  # no sample frame for this long while streaming is wanted: TIME_SYNC + START again
 COMMAND_TRIES = 3
 SAMPLE_TYPES = (MsgType.SAMPLES, MsgType.SPEED, MsgType.TEMPERATURE)
+HANGUP_EVENTS = select.POLLHUP | select.POLLERR | select.POLLNVAL
+EMPTY_READS_MAX = 3  # readable, no bytes and no hang-up this many times in a row: gone anyway
 
 
 class _PortGone(Exception):
@@ -90,6 +97,7 @@ class SerialSource:
         self.frame_errors = 0  # frames the decoder accepted but the assembler could not use
         self.commands_sent = 0
         self.start_retries = 0  # TIME_SYNC + START sent again because no data came
+        self.empty_reads = 0  # readable but no bytes, without a hang-up: a spurious wake-up, read on
         self._want_streaming = True  # False after a STOP sent through send()/command()
         self._last_data = 0.0  # monotonic time of the last sample frame, or of the last START
         self._command_seq = random.getrandbits(32)  # one counter for all our commands
@@ -159,6 +167,7 @@ class SerialSource:
             "frame_errors": self.frame_errors,
             "commands_sent": self.commands_sent,
             "start_retries": self.start_retries,
+            "empty_reads": self.empty_reads,
         }
 
     # -- commands ---------------------------------------------------------------------------------
@@ -237,6 +246,9 @@ class SerialSource:
         the bytes read are held, with their read times, until the next window is nearly due
         (pacing.py); whatever is held is decoded before this returns, however it ends."""
         held: list[tuple[float, bytes]] = []
+        poller = select.poll()
+        poller.register(port.fileno(), select.POLLIN)
+        empty_in_a_row = 0
         try:
             while not stop.is_set():
                 while True:
@@ -253,7 +265,17 @@ class SerialSource:
                 timeout = self.read_timeout_s
                 if held:
                     timeout = min(timeout, max(0.0, self._hold_until(held[0][0]) - time.time()))
-                data = _read_ready(port, timeout)
+                data = _read_ready(port, poller, timeout)
+                if data is None:
+                    self.empty_reads += 1
+                    empty_in_a_row += 1
+                    if empty_in_a_row >= EMPTY_READS_MAX:
+                        raise _PortGone(f"{self.port} reports data but returns none, {empty_in_a_row} times "
+                                        "in a row (device disconnected?)")
+                    log.debug("source %s: %s readable but returned no bytes; reading on", self.name, self.port)
+                    self._check_path()
+                    continue
+                empty_in_a_row = 0
                 now = time.time()
                 if data:
                     held.append((now, data))
@@ -327,20 +349,31 @@ class SerialSource:
             raise _PortGone(f"{self.port} now names another device")
 
 
-def _read_ready(port: serial.Serial, timeout: float) -> bytes:
+def _read_ready(port: serial.Serial, poller: select.poll, timeout: float) -> bytes | None:
     """What the port has, after waiting at most ``timeout`` s for a first byte; b"" when
-    nothing came. A port that is readable but gives no bytes is gone (EOF: a USB device
-    unplugged, the other end of a pty closed), as pyserial's own read says."""
+    nothing came.
+
+    A port that is readable but gives no bytes is gone (end of file: a USB device unplugged,
+    the other end of a pty closed) when the kernel also reports a hang-up or an error
+    (POLLHUP, POLLERR): :class:`_PortGone`. Without one it is a spurious wake-up: None. A
+    Linux pty read with VMIN=0 (as pyserial sets it) now and then returns no bytes right
+    after poll said it had some; taking that for a disconnect reopened the port, and opening
+    flushes the input, so the frames waiting in it were lost (seen once in CI at 4 x 25.6
+    kHz). The caller reads on, and gives up after EMPTY_READS_MAX such reads in a row.
+    """
     fd = port.fileno()
-    if not select.select([fd], [], [], timeout)[0]:
+    events = poller.poll(max(0, math.ceil(timeout * 1000)))
+    if not events:
         return b""
     try:
         data = os.read(fd, READ_MAX)
     except (BlockingIOError, InterruptedError):
         return b""
-    if not data:
+    if data:
+        return data
+    if events[0][1] & HANGUP_EVENTS:
         raise _PortGone(f"{port.port} reports data but returns none (device disconnected?)")
-    return data
+    return None
 
 
 def _device_identity(port: serial.Serial) -> tuple[int, int]:
