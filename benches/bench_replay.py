@@ -211,8 +211,8 @@ def test_textbook_pipeline(benchmark, recording):
 # The goal is met in most runs, not all (benches/RESULTS.md): only the ratio may fail; a replay
 # that errs or prints the wrong windows still fails the test. XPASS when a run reaches 10x.
 XFAIL_REASON = (
-    "issue #5 goal met in 8 of 13 runs on the 2-core EPYC VM on 2026-12-03 (8.9-12.3x: replay 0.51-0.85 s, "
-    "textbook 5.7-7.6 s; --serial 6.6-9.3x), not reliably: the VM's state moves both sides; benches/RESULTS.md"
+    "issue #5 goal met in 9 of 16 runs on the 2-core EPYC VM on 2026-12-03 (8.5-13.4x: replay 0.51-0.85 s, "
+    "textbook 5.7-10.0 s; --serial 6.5-11.2x), not reliably: the VM's state moves both sides; benches/RESULTS.md"
 )
 
 
