@@ -96,12 +96,18 @@ def win(x: np.ndarray, fs: float, rpm: float) -> Window:
     return Window("de", np.ascontiguousarray(x, dtype=np.float32), float(fs), float(rpm), 0, 0, len(x) - 1)
 
 
-def emulator_windows(speeds: list[int], seeds: list[int], tag: str) -> tuple[list[Window], list[int], list[dict]]:
+def emulator_windows(speeds: list[int], seeds: list[int], tag: str, only: str | None = None,
+                     n_windows: int = EMU_WINDOWS) -> tuple[list[Window], list[int], list[dict]]:
+    """``n_windows`` consecutive windows of each emulated machine (speed, rate, seed, label;
+    only the label ``only`` when given): a machine's first windows are the same whatever
+    ``n_windows`` is."""
     windows, labels, meta = [], [], []
     for si, speed in enumerate(speeds):
         for fs in EMU_RATES:
             for seed in seeds:
                 for ci, label in enumerate(LABELS):
+                    if only is not None and label != only:
+                        continue
                     scenario = "healthy" if label == "normal" else label
                     rng = np.random.default_rng([SEED, speed, int(fs), seed, ci])
                     res = float(rng.uniform(1800.0, min(6000.0, 0.4 * fs)))
@@ -111,7 +117,7 @@ def emulator_windows(speeds: list[int], seeds: list[int], tag: str) -> tuple[lis
                                       resonance_decay_s=float(rng.uniform(0.0003, 0.0008)))
                     gen = SignalGenerator(spec)
                     gen.next_block(int(fs * 0.05))  # past onset
-                    for _ in range(EMU_WINDOWS):
+                    for _ in range(n_windows):
                         x, rpm = gen.next_block(wlen(fs))
                         windows.append(win(shaft_modulate(x, fs, rpm, rng), fs, rpm))
                         labels.append(ci)
@@ -570,7 +576,6 @@ def main() -> int:
     log(f"wrote {out}: {out.stat().st_size} bytes ({len(tflite)} bytes of TFLite)")
 
     # ---------------------------------------------------------------- evaluation
-    float_runner = tf.lite.Interpreter(model_content=tflite_f)
 
     def float_run(zz):
         p, a = model.predict(zz.astype(np.float32), verbose=0)
@@ -593,6 +598,12 @@ def main() -> int:
                         "not_normal_fault": float(np.mean(((pq.argmax(1) != 0) | (aq > thr_anomaly))[yy != 0])) if np.any(yy != 0) else float("nan")}
 
     held = held_out_breakdown(hy, hmeta, *runner.run(normalise(hx, mean, std).astype(np.float32)), thr_anomaly)
+    sw, _, smeta = emulator_windows(EMU_SPEEDS_HELD, EMU_SEEDS_HELD, "emu-healthy-stream", only="normal",
+                                    n_windows=HEALTHY_STREAM_WINDOWS)
+    sp, sa = runner.run(normalise(feats(sw), mean, std).astype(np.float32))
+    held["streams"] = healthy_streams(sp, sa, smeta, thr_anomaly, label_conf)
+    log(f"held-out healthy machines: {held['streams']['machines']} x {HEALTHY_STREAM_WINDOWS} windows, "
+        f"{held['streams']['alerted']} with an alert")
 
     per_file = []
     for n, r in cf.items():
@@ -660,13 +671,46 @@ def held_out_breakdown(y: np.ndarray, meta: list[dict], p: np.ndarray, a: np.nda
 
 
 SEVERITY_BINS = [(0.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, float("inf"))]
+HEALTHY_STREAM_WINDOWS = 40  # consecutive windows per held-out healthy machine (~14 s): the daemon's alert rule
+
+
+def healthy_streams(p: np.ndarray, a: np.ndarray, meta: list[dict], thr: float, conf: float) -> dict:
+    """The daemon's alert rule on each held-out healthy machine's consecutive windows: a
+    window hits its label's type when the label is a fault with probability >= ``conf``,
+    else ``anomaly`` when the score is >= ``thr`` (pack_scorer.PackScorer.hit); each type
+    runs the k-of-n hysteresis of the default config (alerts.TypedHysteresis, as
+    pack_scorer.PackAlertRules does). Machines with an alert raised, and their windows."""
+    from edge_agent.alerts import TypedHysteresis, type_rules
+    from edge_agent.config import default_config
+
+    default, by_type = type_rules(default_config())
+    top = p.argmax(1)
+    hits = [LABELS[t] if t != 0 and p[i, t] >= conf else ("anomaly" if a[i] >= thr else None)
+            for i, t in enumerate(top.tolist())]
+    machines: dict[tuple, list[int]] = {}
+    for i, m in enumerate(meta):
+        machines.setdefault((m["speed"], m["fs"], m["seed"]), []).append(i)
+    alerted = []
+    for key, rows in machines.items():
+        rules, seen, raised = TypedHysteresis(default, by_type), set(), []
+        for i in rows:
+            if hits[i] is not None:
+                seen.add(hits[i])
+            for kind in sorted(seen):
+                raised += [m for m in rules.step("de", kind, hits[i] == kind, lambda k: {"type": k, "state": "open"})
+                           if m["state"] == "open"]
+        if raised:
+            alerted.append({"speed": key[0], "fs": key[1], "seed": key[2], "types": sorted({m["type"] for m in raised})})
+    return {"machines": len(machines), "windows": len(hits), "called": int(np.sum(top != 0)),
+            "hits": sum(h is not None for h in hits), "alerted": len(alerted), "which": alerted,
+            "rule": f"{default.raise_after} of {default.raise_window} windows, cleared after {default.clear_after} quiet"}
 
 
 def write_report(path, out, tflite, tflite_f, wb_f, wb_q, results, per_file, held, loso, runtime,
                  thr, conf, healthy_max, n_emu, n_cwru, n_held, secs, drift_info) -> None:
     L = ["# models/default.pack: build report", "",
          f"Generated by `models/build.py` (seed {SEED}, version {VERSION}; {secs:.0f} s). Re-run with `make model`.", ""]
-    L += ["## Goals: met or not", ""] + goals(results, per_file, wb_f, wb_q, loso) + [""]
+    L += ["## Goals: met or not", ""] + goals(results, per_file, wb_f, wb_q, loso, held) + [""]
     L += ["## Sizes", "",
           f"- pack file: **{out.stat().st_size} bytes**; int8 `model.tflite`: {len(tflite)} bytes; "
           f"float32 TFLite of the same Keras model: {len(tflite_f)} bytes",
@@ -710,6 +754,14 @@ def write_report(path, out, tflite, tflite_f, wb_f, wb_q, results, per_file, hel
         calls = ", ".join(f"{k} {v}" for k, v in r["calls"].items() if v)
         L.append(f"| {r['label']} | {r['fs'] / 1000:g} kHz | {r['speed']} | {r['n']} | {100 * r['correct']:.1f}% | "
                  f"{100 * r['not_normal']:.1f}% | {calls} |")
+    st = held["streams"]
+    L += ["", f"Healthy machines as the daemon sees them: each of the {st['machines']} held-out healthy machines "
+          f"for {HEALTHY_STREAM_WINDOWS} consecutive windows ({st['windows']} windows), the default config's alert "
+          f"rule per type ({st['rule']}): **{st['alerted']} machines with an alert**"
+          + (" (" + ", ".join(f"{w['speed']} rpm {w['fs'] / 1000:g} kHz seed {w['seed']}: " + "/".join(w["types"])
+                              for w in st["which"]) + ")" if st["which"] else "")
+          + f"; windows called a fault {st['called']} ({100 * st['called'] / max(st['windows'], 1):.1f}%), "
+          f"windows that hit the alert rule {st['hits']} ({100 * st['hits'] / max(st['windows'], 1):.1f}%)."]
     L += ["", "Fault windows by severity: the fault's impulse amplitude over the noise RMS (both drawn at "
           "random per machine: impulses 0.15-1.0 g, noise 0.03-0.12 g):", "",
           "| label | impulse / noise | windows | correct | not-normal | calls |", "|---|---|---|---|---|---|"]
@@ -758,7 +810,7 @@ def write_report(path, out, tflite, tflite_f, wb_f, wb_q, results, per_file, hel
     path.write_text("\n".join(L) + "\n" + STATIC_NOTES)
 
 
-def goals(results, per_file, wb_f, wb_q, loso) -> list[str]:
+def goals(results, per_file, wb_f, wb_q, loso, held) -> list[str]:
     def yes(ok):
         return "**met**" if ok else "**NOT met**"
     out = []
@@ -793,7 +845,19 @@ def goals(results, per_file, wb_f, wb_q, loso) -> list[str]:
         if r["n_healthy"]:
             out.append(f"- {key}: healthy windows called a fault {r['healthy_called']}/{r['n_healthy']} = "
                        f"{100 * r['healthy_called'] / r['n_healthy']:.1f}% (target <= 2%) - "
-                       f"{yes(r['healthy_called'] <= 0.02 * r['n_healthy'])}; with an alert: {r['alert_healthy']}")
+                       f"{yes(r['healthy_called'] <= 0.02 * r['n_healthy'])}; windows that hit the alert rule: {r['alert_healthy']}")
+    em_conf = em["conf_int8"]
+    diag = {LABELS[i]: em_conf[i, i] / max(em_conf[i].sum(), 1) for i in range(1, len(LABELS))}
+    out.append(f"- held-out emulator machines, the issue's per-window targets as a proxy: fault windows called "
+               f"not-normal {100 * em['not_normal_fault']:.1f}% (target 99%) - {yes(em['not_normal_fault'] >= 0.99)}; "
+               + "; ".join(f"{k} diagnosed {100 * v:.1f}% (target {t}%) - {yes(v >= t / 100)}"
+                           for (k, v), t in zip(diag.items(), (98, 98, 90)))
+               + ". The misses are faint faults (table by severity)")
+    st = held["streams"]
+    out.append(f"- no alert on a healthy machine, the daemon's rule ({st['rule']}) on {st['machines']} held-out "
+               f"emulated healthy machines, {HEALTHY_STREAM_WINDOWS} consecutive windows each: {st['alerted']} with an "
+               f"alert - {yes(st['alerted'] == 0)}; their windows called a fault: {100 * st['called'] / st['windows']:.1f}% "
+               f"(target <= 2%) - {yes(st['called'] <= 0.02 * st['windows'])}")
     out.append("- issue #5 generalisation targets (unseen loads/speeds/sizes/positions): **not measurable here** "
                "(no such recordings). Proxy: leave-one-fault-size-out, whole records unseen (float model, table below):")
     if loso:
@@ -829,6 +893,10 @@ STATIC_NOTES = """
   normal-class weight were chosen among about ten variants by the leave-one-size-out and
   held-out-speed figures (not by the time-split evaluation part). Those proxies have therefore
   been looked at, and their figures are somewhat optimistic too.
+- **Healthy machines as the daemon sees them**: each held-out healthy machine (the same 300)
+  for 40 consecutive windows, through the default config's k-of-n alert rule per type, as the
+  daemon applies it: an alert needs repeated hits on one machine, so this counts machines, not
+  windows. Emulated machines only: the one healthy CWRU record is 2.5 s long.
 - Not available here: other loads/speeds of CWRU (1772/1750/1730 rpm), other fault positions
   (@3, @12), the 48 kHz fault records, the fan-end bearing, other machines. The issue's
   generalisation targets (99% of fault windows not-normal, 98/98/90% diagnosis, <= 2% false
