@@ -45,6 +45,14 @@ kurtosis search, no model, no alert rules, no output) and pays no process start-
 comparison favours the textbook. Not vectorised across windows: that is not the textbook
 pipeline.
 
+Interleaved (``test_replay_and_textbook_interleaved``): the criterion says "measure both in
+one run", and this VM's speed moves by 30% within a minute, so timing every textbook round
+first and every replay round after compares two machine states as much as two pipelines
+(their ratio went from 8.5x to 13.4x between runs of the same tree). This test times PAIRS
+(textbook, then replay) pairs back to back and judges the median of the pairs' ratios: both
+sides of each ratio see the same machine, give or take seconds. It does the same work as the
+two separate tests and has the same goal; RESULTS.md reports both.
+
 Figures (``benchmark.extra_info``): seconds (median and min of the rounds), windows,
 windows/s, samples/s; the replay test also ``x_textbook`` = textbook median / replay median
 (the criterion's ratio) and ``x_textbook_min`` (min / min), and the processing time replay
@@ -52,7 +60,7 @@ itself reports in its last round (``replay_processing_s``; the rest of that roun
 ``replay_startup_s``, is start-up). The replay test fails with ``GoalNotMet`` when the ratio
 is under 10; it is marked xfail for that failure only, with the measured figures, until the
 goal is met (then it XPASSes: remove the mark). Rounds: 7 of each replay, 5 textbook (its
-test runs first); the whole file takes about a minute.
+test runs first), then 7 interleaved pairs; the whole file takes about two minutes.
 Run: .venv/bin/python -m pytest benches/bench_replay.py -o python_files='bench_*.py' --benchmark-only
 """
 from __future__ import annotations
@@ -60,8 +68,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -82,6 +92,7 @@ N_SAMPLES = int(SECONDS * FS)  # 12,000,000
 LENGTH, HOP = 4096, 2048  # the default pack's window and hop at 12 kHz (replay reports its own; checked)
 N_WINDOWS = (N_SAMPLES - LENGTH) // HOP + 1  # 5,858
 GOAL = 10.0  # issue #5: replay >= 10x faster than the textbook pipeline
+PAIRS = 7  # textbook-then-replay pairs of the interleaved test
 REPLAY_ROUNDS, TEXTBOOK_ROUNDS = 7, 5
 
 BAND_HZ = (2000.0, 5000.0)  # envelope band: the CWRU rig's and the emulator's resonances lie in it
@@ -211,8 +222,9 @@ def test_textbook_pipeline(benchmark, recording):
 # The goal is met in most runs, not all (benches/RESULTS.md): only the ratio may fail; a replay
 # that errs or prints the wrong windows still fails the test. XPASS when a run reaches 10x.
 XFAIL_REASON = (
-    "issue #5 goal met in 9 of 16 runs on the 2-core EPYC VM on 2026-12-03 (8.5-13.4x: replay 0.51-0.85 s, "
-    "textbook 5.7-10.0 s; --serial 6.5-11.2x), not reliably: the VM's state moves both sides; benches/RESULTS.md"
+    "issue #5 goal met in 14 of 21 runs on the 2-core EPYC VM on 2026-12-03 (8.5-13.4x: replay 0.51-0.85 s, "
+    "textbook 5.7-10.0 s; --serial 6.5-11.2x), in 2 of 4 by interleaved pairs (8.7-10.7x): not reliably, "
+    "the VM's speed moves within seconds; benches/RESULTS.md"
 )
 
 
@@ -220,6 +232,21 @@ def _replay_argv(path: Path, *extra: str) -> list[str]:
     script = Path(sys.executable).with_name("edge-agent")
     cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "edge_agent"]
     return cmd + ["replay", str(path), "--model", str(PACK), "--jsonl", *extra]
+
+
+def _check_replay(codes: list[int], rounds: int, out_path: Path, err_path: Path) -> str:
+    """Every round exited 0 and the last one's output did the whole job; its stderr."""
+    err = err_path.read_text(errors="replace")
+    assert codes == [0] * rounds, f"edge-agent replay exited {codes}:\n{err}"
+    m = re.search(r"window (\d+) hop (\d+)", err)
+    assert m, f"replay did not report its window and hop:\n{err}"
+    assert (int(m[1]), int(m[2])) == (LENGTH, HOP), f"replay's windows differ from the textbook's: {m[0]}"
+    lines = out_path.read_text().splitlines()
+    assert len(lines) == N_WINDOWS, f"{len(lines)} JSON lines on stdout, expected one per window ({N_WINDOWS})"
+    first, last = json.loads(lines[0]), json.loads(lines[-1])
+    assert set(first) == {"t_start", "label", "scores", "anomaly_score", "alert"}
+    assert last["t_start"] == pytest.approx((N_WINDOWS - 1) * HOP / FS, abs=1e-5)
+    return err
 
 
 def _bench_replay(benchmark, recording, tmp_path, side: str, *extra: str) -> dict[str, float]:
@@ -237,18 +264,7 @@ def _bench_replay(benchmark, recording, tmp_path, side: str, *extra: str) -> dic
 
     benchmark.group = _group(what)
     benchmark.pedantic(run, rounds=REPLAY_ROUNDS, iterations=1, warmup_rounds=0)
-
-    # the last round's output: it did the whole job
-    err = err_path.read_text(errors="replace")
-    assert codes == [0] * REPLAY_ROUNDS, f"edge-agent replay exited {codes}:\n{err}"
-    m = re.search(r"window (\d+) hop (\d+)", err)
-    assert m, f"replay did not report its window and hop:\n{err}"
-    assert (int(m[1]), int(m[2])) == (LENGTH, HOP), f"replay's windows differ from the textbook's: {m[0]}"
-    lines = out_path.read_text().splitlines()
-    assert len(lines) == N_WINDOWS, f"{len(lines)} JSON lines on stdout, expected one per window ({N_WINDOWS})"
-    first, last = json.loads(lines[0]), json.loads(lines[-1])
-    assert set(first) == {"t_start", "label", "scores", "anomaly_score", "alert"}
-    assert last["t_start"] == pytest.approx((N_WINDOWS - 1) * HOP / FS, abs=1e-5)
+    err = _check_replay(codes, REPLAY_ROUNDS, out_path, err_path)
 
     fig = _record(benchmark, side, what)
     m = re.search(r"; model (.+?), window", err)
@@ -286,3 +302,48 @@ def test_replay_command_serial(benchmark, recording, tmp_path):
     """The same with ``--serial`` (no feature worker: one process, as on a one-core machine):
     what the worker is worth, measured in the same run. No goal of its own."""
     _bench_replay(benchmark, recording, tmp_path, "replay --serial", "--serial")
+
+
+@pytest.mark.xfail(raises=GoalNotMet, strict=False, reason=XFAIL_REASON)
+def test_replay_and_textbook_interleaved(benchmark, recording, tmp_path):
+    """The goal's ratio with both sides timed under the same conditions: PAIRS rounds of the
+    textbook pipeline and then the replay command, back to back; each pair gives a ratio,
+    and their median is judged. The tests above time every textbook round first and every
+    replay round after; this VM's speed moves by 30% within a minute, which alone moved
+    their ratio between 8.5x and 13.4x from run to run (benches/RESULTS.md). The benchmark's
+    own figure here is a pair's wall time; the sides are in ``extra_info``."""
+    path, what = recording
+    if not PACK.is_file():
+        pytest.skip(f"{PACK} is absent: build it with `make model`")
+    argv = _replay_argv(path)
+    out_path, err_path = tmp_path / "replay.jsonl", tmp_path / "replay.stderr"
+    codes: list[int] = []
+    textbook_s: list[float] = []
+    replay_s: list[float] = []
+
+    def pair() -> None:
+        t0 = time.perf_counter()
+        rows = textbook_pipeline(path)
+        t1 = time.perf_counter()
+        with out_path.open("wb") as out, err_path.open("wb") as err:
+            codes.append(subprocess.run(argv, stdout=out, stderr=err, cwd=REPO_ROOT).returncode)
+        t2 = time.perf_counter()
+        assert rows.shape[0] == N_WINDOWS
+        textbook_s.append(t1 - t0)
+        replay_s.append(t2 - t1)
+
+    benchmark.group = _group(what) + ", interleaved pairs"
+    benchmark.pedantic(pair, rounds=PAIRS, iterations=1, warmup_rounds=0)
+    _check_replay(codes, PAIRS, out_path, err_path)
+
+    ratios = [t / r for t, r in zip(textbook_s, replay_s)]
+    ratio = statistics.median(ratios)
+    benchmark.extra_info.update({
+        "data": what, "windows": N_WINDOWS, "pairs": PAIRS,
+        "textbook_s": [round(t, 3) for t in textbook_s], "replay_s": [round(r, 3) for r in replay_s],
+        "ratios": [round(x, 2) for x in ratios], "x_textbook": ratio,
+        "textbook_seconds_median": statistics.median(textbook_s), "replay_seconds_median": statistics.median(replay_s),
+    })
+    if ratio < GOAL:
+        raise GoalNotMet(f"median of {PAIRS} pairs' ratios {ratio:.1f}x (pairs {min(ratios):.1f}-{max(ratios):.1f}x), "
+                         f"goal {GOAL:g}x")
