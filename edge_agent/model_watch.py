@@ -31,15 +31,24 @@ threads or for a core taken by other processes, which says nothing about the mod
 process busy verifying a pack on another thread, a batch's wall time grew 10-50x with the
 same model (50 agents in one process, tests/test_fleet_rollout.py).
 It is compared as a median, not a mean: a batch's time can also hold whatever else stalled
-the thread (a GC pause, page faults after an SD card write, and with wall time other threads
-holding the GIL), and one such batch in a short check would otherwise read as a model
-several times slower. The
-median moves only when at least half of the windows are slower, which a slower model does
-and a passing stall does not.
+the thread (page faults after an SD card write, and with wall time other threads holding the
+GIL), and one such batch in a short check would otherwise read as a model several times
+slower. The median moves only when at least half of the windows are slower, which a slower
+model does and a passing stall does not.
+
+The clock also leaves out the time the thread spent in Python's cyclic garbage collector
+(``gc.callbacks``): a collection runs in whichever thread's allocation triggers it, and it
+walks every tracked object of the process, whatever allocated them. Measured with 50 agents
+in one process (tests/test_fleet_rollout.py): a generation-2 collection took up to 280 ms of
+CPU and a generation-1 one up to 20 ms, against ~1 ms of features and model for a batch. One
+such collection in a batch holding half of a short check's windows rolled back a good model
+("inference time 25.63x the previous model's", a clean-clone run on 2026-12-03).
 """
 from __future__ import annotations
 
+import gc
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -73,9 +82,44 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compute_clock(num_threads: int) -> Callable[[], float]:
-    """The clock that times a batch's compute for the model comparisons (see above). With
-    more interpreter threads, their work is not on the calling thread's clock: wall time."""
-    return time.thread_time if num_threads == 1 else time.perf_counter
+    """The clock that times a batch's compute for the model comparisons (see above): the
+    calling thread's CPU time, or with more interpreter threads (their work is not on the
+    calling thread's clock) wall time; either without the time this thread spent collecting
+    garbage."""
+    _GcTime.install()
+    if num_threads == 1:
+        return lambda: time.thread_time() - _GcTime.cpu.get(threading.get_ident(), 0.0)
+    return lambda: time.perf_counter() - _GcTime.wall.get(threading.get_ident(), 0.0)
+
+
+class _GcTime:
+    """Seconds each thread has spent in the cyclic garbage collector (CPU and wall), from
+    ``gc.callbacks``; installed once per process. A collection runs start to stop in the
+    thread that triggered it, holding the GIL, so a thread's entries are only written by it."""
+
+    cpu: dict[int, float] = {}
+    wall: dict[int, float] = {}
+    _started: dict[int, tuple[float, float]] = {}
+    _installed = False
+    _lock = threading.Lock()
+
+    @classmethod
+    def install(cls) -> None:
+        with cls._lock:
+            if not cls._installed:
+                gc.callbacks.append(cls._callback)
+                cls._installed = True
+
+    @classmethod
+    def _callback(cls, phase: str, info: dict) -> None:
+        tid = threading.get_ident()
+        if phase == "start":
+            cls._started[tid] = (time.thread_time(), time.perf_counter())
+            return
+        started = cls._started.pop(tid, None)
+        if started is not None:
+            cls.cpu[tid] = cls.cpu.get(tid, 0.0) + time.thread_time() - started[0]
+            cls.wall[tid] = cls.wall.get(tid, 0.0) + time.perf_counter() - started[1]
 
 
 def typical_seconds_per_window(batches: Sequence[tuple[float, int]]) -> float | None:
