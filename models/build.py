@@ -68,6 +68,8 @@ EMU_SEEDS = [1, 2, 3, 4]
 # validation machines per (held-out speed, rate, label): 50, so 400 windows each and 2400 healthy
 # windows in all. With two (96 healthy windows) one false call moved the healthy rate by 1%.
 EMU_SEEDS_HELD = list(range(11, 61))
+SEVERITY_BINS = [(0.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, float("inf"))]  # impulse / noise RMS, REPORT's table
+STREAM_WINDOWS = 40  # consecutive windows per held-out machine (~14 s) for the daemon's alert rule
 EMU_WINDOWS = 8
 ANOMALY_CLIP = 8.0  # anomaly output saturates here (in units of the healthy 99.9% quantile)
 CWRU_WEIGHT = float(os.environ.get("BUILD_CWRU_WEIGHT", "1.0"))  # sample weight of real windows against emulated ones
@@ -669,8 +671,6 @@ def held_out_breakdown(y: np.ndarray, meta: list[dict], p: np.ndarray, a: np.nda
     return {"by_config": by_config, "by_severity": by_severity}
 
 
-SEVERITY_BINS = [(0.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, float("inf"))]
-STREAM_WINDOWS = 40  # consecutive windows per held-out machine (~14 s) for the daemon's alert rule
 
 
 def machine_streams(p: np.ndarray, a: np.ndarray, y: np.ndarray, meta: list[dict], thr: float, conf: float) -> dict:

@@ -16,16 +16,18 @@ MCU that rebooted and waits for one).
 
 A sensor can vanish (USB unplugged, MCU reset): a read or write fails (SerialException,
 OSError), the port reads as end of file with a hang-up (POLLHUP), or the port's path
-disappears or starts naming another device. A read that finds no bytes without a hang-up is
-a spurious wake-up (Linux ptys do it now and then): counted (``empty_reads``) and read on,
-since reopening would flush the frames waiting in the port; only EMPTY_READS_MAX of them in a
-row count as gone. The source then
-closes the port, logs once, counts a disconnect and tries to open the path again after 0.1 s,
-doubling to at most 1 s, so it is back within about a second of the port's return. A port
-that does not exist at start is handled the same way: the agent runs and keeps trying. The
-decoder's unfinished frame is discarded on reconnect; the frames lost meanwhile show up as a
-seq gap in the assembler (``seq_gaps``, ``frames_missing``). Bad input never raises out of
-:meth:`SerialSource.run`: it is counted.
+disappears or starts naming another device. The source then closes the port, logs once,
+counts a disconnect and tries to open the path again after 0.1 s, doubling to at most 1 s, so
+it is back within about a second of the port's return. A port that does not exist at start
+is handled the same way: the agent runs and keeps trying. The decoder's unfinished frame is
+discarded on reconnect; the frames lost meanwhile show up as a seq gap in the assembler
+(``seq_gaps``, ``frames_missing``). Bad input never raises out of :meth:`SerialSource.run`:
+it is counted.
+
+A read that finds no bytes without a hang-up is a spurious wake-up (Linux ptys do it now and
+then), not a disconnect: it is counted (``empty_reads``) and the source reads on, since
+reopening would flush the frames waiting in the port; only EMPTY_READS_MAX of them in a row
+count as gone.
 
 Other threads may send commands with :meth:`SerialSource.command` (PING, SET_RATE, ...): the
 frame is written by the source thread and the MCU's PONG or ACK, matched by the command's
