@@ -106,6 +106,8 @@ class _Workspace:
         self.nb = np.empty(rows, np.intp)
         self.bands = np.empty((rows, 2))
         self.block = np.empty((rows, 0))
+        # follows[r]: row r is the window half a window after row r - 1's, same channel
+        self.follows = np.zeros(rows, bool)
 
 
 class FeatureExtractor:
@@ -114,7 +116,9 @@ class FeatureExtractor:
     Windows are grouped by (length, rate) and cut into chunks of about CHUNK_SAMPLES; each
     chunk's FFTs run as one batched numpy call into reused buffers, and the per-bin loops in
     ext/spectral.pyx. ``last_bands`` holds the envelope band (lo, hi) of each window of the
-    last call. One extractor per thread: the buffers are not shared.
+    last call. One extractor per thread: the buffers are not shared. A window that follows
+    the one before it in the batch by half a window (same channel, ``seq_first`` n/2 on: as
+    the windower cuts them, the two share those samples) shares its spectral-kurtosis work.
     """
 
     def __init__(self, spec: FeatureSpec | None = None) -> None:
@@ -126,7 +130,7 @@ class FeatureExtractor:
         self._targets = self.spec.envelope_targets(1.0)
         self._hann: dict[int, np.ndarray] = {}
         self._work: dict[tuple[int, int], _Workspace] = {}
-        self._stft: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._stft: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.last_bands = np.empty((0, 2))
 
     def extract(self, windows: Sequence[Window]) -> np.ndarray:
@@ -141,8 +145,13 @@ class FeatureExtractor:
             for start in range(0, len(idx), per_chunk):
                 chunk = idx[start : start + per_chunk]
                 ws = self._workspace(len(chunk), n, fs)
+                prev = None
                 for row, i in enumerate(chunk):
-                    ws.x[row] = windows[i].samples
+                    w = windows[i]
+                    ws.x[row] = w.samples
+                    ws.follows[row] = (prev is not None and w.seq_first == prev.seq_first + n // 2
+                                       and w.channel == prev.channel)
+                    prev = w
                 rpm = np.array([windows[i].rpm for i in chunk], dtype=np.float64)
                 self._spectral_block(ws, fs, rpm)
                 out[chunk, self._n_time :] = ws.block
@@ -238,20 +247,45 @@ class FeatureExtractor:
 
     def _sk_bands(self, ws: _Workspace, fs: float, shaft_hz: np.ndarray) -> None:
         """The envelope band of each row by spectral kurtosis (docs/FEATURES.md section 3).
-        The segment length follows each row's speed; rows that share it share one STFT."""
+        The segment length follows each row's speed; rows that share it share one STFT.
+
+        The STFT runs on half windows: windows half a window apart (the default hop; the
+        rows' ``follows``) share a half, whose segments are transformed once. A chunk of R
+        such windows takes R + 1 halves' STFTs instead of 2 R. The segments are the same
+        (a half is a whole number of segments), so is SK but for the order of its sums."""
         rows, n = ws.x.shape
         bpfi_hz = self.spec.orders.bpfi * shaft_hz
         seg_lens = sk_segment_lengths(fs, n, bpfi_hz)
         bandwidth = np.minimum(np.maximum(6.0 * bpfi_hz, fs / 16.0), fs / 4.0)
         for seg in sorted(set(seg_lens.tolist())):
             sel = np.flatnonzero(seg_lens == seg)
-            x = ws.x if len(sel) == rows else ws.x[sel]
-            n_segs = n // seg
-            frames, S, sk = self._stft_buffers(len(sel), n_segs, seg)
-            view = x.reshape(len(sel), n_segs, seg)  # segments m L .. m L + L of every row
-            np.multiply(view, self._hann_window(seg), out=frames)
+            halves = (n // 2) % seg == 0
+            piece = n // 2 if halves else n
+            per_piece = piece // seg
+            # runs of consecutive selected rows, each following the one before by half a window
+            if halves:
+                cont = ws.follows[sel[1:]] & (np.diff(sel) == 1)
+                starts = np.flatnonzero(np.concatenate(([True], ~cont)))
+            else:
+                starts = np.arange(len(sel))
+            ends = np.append(starts[1:], len(sel))
+            pieces = 2 if halves else 1
+            n_pieces = len(sel) + (len(starts) if halves else 0)
+            frames, S, sk = self._stft_buffers(n_pieces, len(sel), per_piece, seg)
+            first = np.empty(len(sel), np.intp)
+            hann = self._hann_window(seg)
+            h = 0
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                r0, length = int(sel[a]), b - a
+                first[a:b] = np.arange(h, h + length)
+                np.multiply(ws.x[r0 : r0 + length, :piece].reshape(length, per_piece, seg), hann,
+                            out=frames[h : h + length])
+                h += length
+                if halves:  # the run's last window's second half
+                    np.multiply(ws.x[r0 + length - 1, piece:].reshape(per_piece, seg), hann, out=frames[h])
+                    h += 1
             np.fft.rfft(frames, axis=2, out=S)
-            _spectral.spectral_kurtosis(S, sk)
+            _spectral.spectral_kurtosis(S, first, pieces, sk)
             bands = np.empty((len(sel), 2))
             _spectral.choose_bands(sk, fs, seg, np.ascontiguousarray(bandwidth[sel]), bands)
             ws.bands[sel] = bands
@@ -262,12 +296,12 @@ class FeatureExtractor:
             hann = self._hann[seg] = _hann_periodic(seg)
         return hann
 
-    def _stft_buffers(self, rows: int, n_segs: int, seg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        key = (rows, n_segs, seg)
+    def _stft_buffers(self, n_pieces: int, rows: int, per_piece: int, seg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = (n_pieces, rows, per_piece, seg)
         bufs = self._stft.get(key)
         if bufs is None:
             bufs = self._stft[key] = (
-                np.empty((rows, n_segs, seg)), np.empty((rows, n_segs, seg // 2 + 1), np.complex128),
+                np.empty((n_pieces, per_piece, seg)), np.empty((n_pieces, per_piece, seg // 2 + 1), np.complex128),
                 np.empty((rows, seg // 2 + 1)),
             )
             if len(self._stft) > 8:

@@ -492,3 +492,73 @@ def test_order_snr_noise_floor_is_the_median_of_the_neighbours():
             expected = E[r, k_lo:k_hi + 1].max() / np.median(noise)
             np.testing.assert_allclose(out[r, t], expected, rtol=1e-12, err_msg=f"row {r} target {f}")
     assert {len(np.r_[max(k - 1 - 10, 1):k - 1, k + 2:min(k + 1 + 10, 256) + 1]) % 2 for k in (5, 50, 250)} == {0, 1}
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 7])
+def test_order_snr_noise_floor_with_ties_is_the_median(levels):
+    """Noise bins drawn from a few values (all equal when levels = 1): the selection puts the
+    values equal to its pivot aside, and the even count's lower middle value may tie the
+    upper one. numpy's median of the same bins, exactly."""
+    rng = np.random.default_rng(levels)
+    E = rng.integers(1, levels + 1, size=(4, 300)) / 4.0
+    df, tol = 1.0, 0.0
+    targets = np.array([[7.0, 30.0, 31.0, 150.0, 290.0]] * 4)
+    out = np.empty((4, 5))
+    features_mod._spectral.order_snr(E, df, targets, tol, 12, out, 0)
+    for r in range(4):
+        for t, f in enumerate(targets[r]):
+            kc = round(f / df)
+            k_lo, k_hi = max(kc - 1, 1), min(kc + 1, 299)
+            noise = np.concatenate([E[r, max(k_lo - 12, 1):k_lo], E[r, k_hi + 1:min(k_hi + 12, 299) + 1]])
+            assert out[r, t] == E[r, k_lo:k_hi + 1].max() / np.median(noise), (levels, r, f)
+
+
+def chain(x: np.ndarray, fs: float, rpm: float | list[float], n: int, hop: int, channel: str = "ch0",
+          seq0: int = 0) -> list[Window]:
+    """The windows of ``x`` a windower would cut: length n, every hop samples, with their
+    sequence numbers (so the extractor can tell which overlap)."""
+    count = (len(x) - n) // hop + 1
+    rpms = rpm if isinstance(rpm, list) else [rpm] * count
+    samples = np.ascontiguousarray(x, dtype=np.float32)
+    return [Window(channel, samples[i * hop: i * hop + n], fs, rpms[i], 0, seq0 + i * hop, seq0 + i * hop + n - 1)
+            for i in range(count)]
+
+
+def test_overlapping_windows_share_half_window_stfts_and_agree_with_each_alone():
+    """Windows half a window apart share the SK's half-window STFTs (features.py, _sk_bands).
+    A batch of such runs, broken by a channel change, a gap, a speed whose segment length
+    differs and a row of another hop, gives every window the band and features it gets
+    alone (to rounding: the SK's sums run in another order) and agrees with the reference."""
+    fs, n = 12000.0, 4096
+    rng = np.random.default_rng(11)
+    t = np.arange(12 * n) / fs
+    x = 0.3 * rng.standard_t(3, len(t)) + 0.5 * np.sin(2 * np.pi * 2900.0 * t)
+    x += ringing(fs, len(t), np.arange(0.0, t[-1], 1 / 150.0), 3300.0, rng, noise_g=0.0)
+    batch = chain(x[: 6 * n], fs, 1797.0, n, n // 2)  # one run of 11
+    batch += chain(x[: 3 * n], fs, 1797.0, n, n // 2, channel="ch1")  # another channel
+    batch += chain(x[5 * n:], fs, 1797.0, n, n // 2, seq0=5 * n + 7)[:4]  # a gap in ch0's numbers
+    batch += chain(x[: 3 * n], fs, [1797.0, 700.0, 1797.0, 700.0, 1797.0], n, n // 2, channel="ch2")
+    batch += chain(x[: 3 * n], fs, 1797.0, n, n // 4, channel="ch3")  # a quarter-window hop
+    extractor = FeatureExtractor(SPEC)
+    got = extractor.extract(batch)
+    bands = extractor.last_bands.copy()
+    alone = FeatureExtractor(SPEC)
+    for i, w in enumerate(batch):
+        one = alone.extract([w])[0]
+        np.testing.assert_array_equal(bands[i], alone.last_bands[0], err_msg=f"window {i}: band")
+        np.testing.assert_allclose(got[i], one, rtol=1e-12, atol=1e-12, err_msg=f"window {i}")
+    check_compiled_against_reference(batch[:14], SPEC, "overlapping windows")
+    assert len({tuple(b) for b in bands}) > 1  # the speeds moved the band: not one answer for all
+
+
+def test_the_half_window_stft_is_used_only_for_windows_that_follow_each_other():
+    """follows[r] is set for the next window of the same channel, half a window on (by the
+    sequence numbers: a window's samples are its channel's from seq_first on)."""
+    fs, n = 12000.0, 1024
+    x = np.random.default_rng(2).normal(size=6 * n)
+    batch = chain(x, fs, 1797.0, n, n // 2)[:3] + chain(x, fs, 1797.0, n, n // 2, channel="b")[:2]
+    batch += chain(x, fs, 1797.0, n, n // 4, channel="b", seq0=10 * n)[:2]  # a gap, then a quarter hop
+    extractor = FeatureExtractor(SPEC)
+    extractor.extract(batch)
+    ws = extractor._work[(len(batch), n)]
+    assert ws.follows.tolist() == [False, True, True, False, True, False, False]
