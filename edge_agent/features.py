@@ -8,7 +8,6 @@ module is the typed Python face of it. Importing it without a built extension ra
 from __future__ import annotations
 
 from collections.abc import Sequence
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +85,12 @@ def sk_segment_lengths(fs: float, n: int, bpfi_hz: np.ndarray) -> np.ndarray:
     return np.fmin(np.fmax(seg, 16.0), n // 4).astype(np.int64)
 
 
+def sk_bandwidths(fs: float, bpfi_hz: np.ndarray) -> np.ndarray:
+    """The envelope band's width per BPFI (Hz): min(max(6 BPFI f_r, fs/16), fs/4)
+    (docs/FEATURES.md section 3)."""
+    return np.minimum(np.maximum(6.0 * bpfi_hz, fs / 16.0), fs / 4.0)
+
+
 def _hann_periodic(length: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
 
@@ -104,6 +109,8 @@ class _Workspace:
         self.X = np.empty((rows, half), np.complex128)
         self.k0 = np.empty(rows, np.intp)
         self.nb = np.empty(rows, np.intp)
+        self.m_len = np.empty(rows, np.intp)
+        self.rows = np.arange(rows, dtype=np.intp)
         self.bands = np.empty((rows, 2))
         self.block = np.empty((rows, 0))
         # follows[r]: row r is the window half a window after row r - 1's, same channel
@@ -130,7 +137,9 @@ class FeatureExtractor:
         self._targets = self.spec.envelope_targets(1.0)
         self._hann: dict[int, np.ndarray] = {}
         self._work: dict[tuple[int, int], _Workspace] = {}
-        self._stft: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._stft: dict[tuple[int, int, int, int], tuple[np.ndarray, ...]] = {}
+        self._sk_plans: dict[tuple[float, int, float], tuple[int, float]] = {}
+        self._env: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         self.last_bands = np.empty((0, 2))
 
     def extract(self, windows: Sequence[Window]) -> np.ndarray:
@@ -152,8 +161,8 @@ class FeatureExtractor:
                     ws.follows[row] = (prev is not None and w.seq_first == prev.seq_first + n // 2
                                        and w.channel == prev.channel)
                     prev = w
-                rpm = np.array([windows[i].rpm for i in chunk], dtype=np.float64)
-                self._spectral_block(ws, fs, rpm)
+                rpms = [windows[i].rpm for i in chunk]
+                self._spectral_block(ws, fs, np.array(rpms, dtype=np.float64), rpms.count(rpms[0]) == len(rpms))
                 out[chunk, self._n_time :] = ws.block
                 self.last_bands[chunk] = ws.bands
         return out
@@ -173,7 +182,7 @@ class FeatureExtractor:
                 self._work.pop(next(iter(self._work)))
         return ws
 
-    def _spectral_block(self, ws: _Workspace, fs: float, rpm: np.ndarray) -> None:
+    def _spectral_block(self, ws: _Workspace, fs: float, rpm: np.ndarray, uniform: bool = False) -> None:
         """Spectral and envelope features of the rows of ``ws.x`` into ``ws.block``, the
         envelope bands used into ``ws.bands`` (docs/FEATURES.md sections 2 and 3)."""
         n = ws.x.shape[1]
@@ -184,48 +193,60 @@ class FeatureExtractor:
         if spec.envelope_band_hz is not None:
             ws.bands[:] = spec.envelope_band_hz
         else:
-            self._sk_bands(ws, fs, shaft_hz)
+            self._sk_bands(ws, fs, shaft_hz, uniform)
         targets = np.multiply.outer(shaft_hz, self._targets)
         self._envelope(ws, fs, targets)
 
     def _envelope(self, ws: _Workspace, fs: float, targets: np.ndarray) -> None:
         """Envelope spectra and order amplitudes (docs/FEATURES.md section 3): the band shifted
-        to baseband and decimated to M points; rows that share M share one batched FFT."""
+        to baseband and decimated to M points; rows that share M share one batched FFT (the
+        whole chunk, as a rule: then straight into ``ws.block``)."""
         rows, n = ws.x.shape
         spec, df, col0 = self.spec, fs / n, self._n_spec
         _spectral.band_bins(n, fs, ws.bands, ws.k0, ws.nb)
-        k_top = np.ceil(targets.max(axis=1) * (1.0 + spec.order_tolerance) / df) + spec.noise_floor_bins + 1
-        need = 2 * np.maximum(ws.nb, k_top)
-        m_len = np.minimum(2 ** np.ceil(np.log2(np.maximum(need, 2))), n).astype(np.int64)
+        common = _spectral.envelope_lengths(n, fs, targets.max(axis=1), spec.order_tolerance,
+                                            spec.noise_floor_bins, ws.nb, ws.m_len)
+        if common:
+            E = self._envelope_spectra(ws, ws.rows, common)
+            _spectral.order_snr(E, df, targets, spec.order_tolerance, spec.noise_floor_bins, ws.block, col0)
+            return
         ws.block[ws.nb == 0, col0:] = 0.0
-        for m in sorted(set(m_len[ws.nb > 0].tolist())):
-            sel = np.flatnonzero((m_len == m) & (ws.nb > 0))
+        for m in sorted(set(ws.m_len[ws.nb > 0].tolist())):
+            sel = np.flatnonzero((ws.m_len == m) & (ws.nb > 0))
             E = self._envelope_spectra(ws, sel, m)
             block = np.empty((len(sel), ws.block.shape[1]))
             _spectral.order_snr(E, df, np.ascontiguousarray(targets[sel]), spec.order_tolerance, spec.noise_floor_bins, block, col0)
             ws.block[sel, col0:] = block[:, col0:]
 
-    @staticmethod
-    def _envelope_spectra(ws: _Workspace, sel: np.ndarray, m: int) -> np.ndarray:
+    def _envelope_spectra(self, ws: _Workspace, sel: np.ndarray, m: int) -> np.ndarray:
         """Rows ``sel``: the band shifted to baseband in M = ``m`` points, its magnitude (the
         envelope), mean removed, one-sided amplitude spectrum (bins of fs / n Hz)."""
         n = ws.x.shape[1]
-        Z = np.empty((len(sel), m), np.complex128)
+        Z, env, S, E = self._envelope_buffers(len(sel), m)
         _spectral.baseband(ws.X, sel, ws.k0, ws.nb, Z)
-        env = np.abs(np.fft.ifft(Z, axis=1, out=Z))
-        env *= m / n
-        env -= env.mean(axis=1, keepdims=True)
-        E = np.abs(np.fft.rfft(env, axis=1))
-        E *= 2.0 / m
+        np.fft.ifft(Z, axis=1, out=Z)
+        _spectral.magnitudes(Z, m / n, True, env)
+        np.fft.rfft(env, axis=1, out=S)
+        _spectral.magnitudes(S, 2.0 / m, False, E)
         return E
+
+    def _envelope_buffers(self, rows: int, m: int) -> tuple[np.ndarray, ...]:
+        key = (rows, m)
+        bufs = self._env.get(key)
+        if bufs is None:
+            bufs = self._env[key] = (np.empty((rows, m), np.complex128), np.empty((rows, m)),
+                                     np.empty((rows, m // 2 + 1), np.complex128), np.empty((rows, m // 2 + 1)))
+            if len(self._env) > 8:
+                self._env.pop(next(iter(self._env)))
+        return bufs
 
     def envelope_spectrum(self, samples: np.ndarray, fs: float,
                           shaft_hz: float) -> tuple[np.ndarray, float, tuple[float, float]] | None:
         """One window's envelope spectrum exactly as its features see it (the same band,
         fixed or by spectral kurtosis, the same M and steps as :meth:`_envelope`), for
         display: (amplitudes in g at bins of fs / n Hz from 0 Hz, bin width, band). None when
-        the band is empty. Allocates its own buffers; call it from the thread that owns this
-        extractor."""
+        the band is empty. Call it from the thread that owns this extractor (it uses its
+        buffers)."""
         x = np.asarray(samples, dtype=np.float64)
         n = len(x)
         ws = _Workspace(1, n)
@@ -238,46 +259,54 @@ class FeatureExtractor:
         _spectral.band_bins(n, fs, ws.bands, ws.k0, ws.nb)
         if ws.nb[0] <= 0:
             return None
-        df = fs / n
-        top = float(self.spec.envelope_targets(shaft_hz).max())
-        k_top = math.ceil(top * (1.0 + self.spec.order_tolerance) / df) + self.spec.noise_floor_bins + 1
-        m = int(min(2 ** math.ceil(math.log2(max(2 * max(int(ws.nb[0]), k_top), 2))), n))
-        E = self._envelope_spectra(ws, np.zeros(1, np.intp), m)
-        return E[0], df, (float(ws.bands[0, 0]), float(ws.bands[0, 1]))
+        top = np.array([self.spec.envelope_targets(shaft_hz).max()])
+        m = _spectral.envelope_lengths(n, fs, top, self.spec.order_tolerance, self.spec.noise_floor_bins, ws.nb, ws.m_len)
+        E = self._envelope_spectra(ws, ws.rows, m)
+        return E[0].copy(), fs / n, (float(ws.bands[0, 0]), float(ws.bands[0, 1]))
 
-    def _sk_bands(self, ws: _Workspace, fs: float, shaft_hz: np.ndarray) -> None:
+    def _sk_bands(self, ws: _Workspace, fs: float, shaft_hz: np.ndarray, uniform: bool = False) -> None:
         """The envelope band of each row by spectral kurtosis (docs/FEATURES.md section 3).
-        The segment length follows each row's speed; rows that share it share one STFT.
+        The segment length follows each row's speed; rows that share it share one STFT
+        (``uniform``: every row has the same speed, the usual case).
 
         The STFT runs on half windows: windows half a window apart (the default hop; the
         rows' ``follows``) share a half, whose segments are transformed once. A chunk of R
         such windows takes R + 1 halves' STFTs instead of 2 R. The segments are the same
         (a half is a whole number of segments), so is SK but for the order of its sums."""
         rows, n = ws.x.shape
-        bpfi_hz = self.spec.orders.bpfi * shaft_hz
-        seg_lens = sk_segment_lengths(fs, n, bpfi_hz)
-        bandwidth = np.minimum(np.maximum(6.0 * bpfi_hz, fs / 16.0), fs / 4.0)
-        for seg in sorted(set(seg_lens.tolist())):
-            sel = np.flatnonzero(seg_lens == seg)
+        if uniform:
+            seg, bw = self._sk_plan(fs, n, float(shaft_hz[0]))
+            groups = [(seg, ws.rows, np.full(rows, bw))]
+        else:
+            bpfi_hz = self.spec.orders.bpfi * shaft_hz
+            seg_lens = sk_segment_lengths(fs, n, bpfi_hz)
+            bandwidth = sk_bandwidths(fs, bpfi_hz)
+            groups = []
+            for seg in sorted(set(seg_lens.tolist())):
+                sel = np.flatnonzero(seg_lens == seg)
+                groups.append((seg, sel, np.ascontiguousarray(bandwidth[sel])))
+        for seg, sel, bandwidth in groups:
+            every = len(sel) == rows
             halves = (n // 2) % seg == 0
             piece = n // 2 if halves else n
             per_piece = piece // seg
             # runs of consecutive selected rows, each following the one before by half a window
-            if halves:
+            if halves and every and ws.follows[1:].all():
+                starts, ends = [0], [rows]
+            elif halves:
                 cont = ws.follows[sel[1:]] & (np.diff(sel) == 1)
-                starts = np.flatnonzero(np.concatenate(([True], ~cont)))
+                starts = np.flatnonzero(np.concatenate(([True], ~cont))).tolist()
+                ends = starts[1:] + [len(sel)]
             else:
-                starts = np.arange(len(sel))
-            ends = np.append(starts[1:], len(sel))
+                starts, ends = list(range(len(sel))), list(range(1, len(sel) + 1))
             pieces = 2 if halves else 1
             n_pieces = len(sel) + (len(starts) if halves else 0)
-            frames, S, sk = self._stft_buffers(n_pieces, len(sel), per_piece, seg)
-            first = np.empty(len(sel), np.intp)
+            frames, S, sk, first = self._stft_buffers(n_pieces, len(sel), per_piece, seg)
             hann = self._hann_window(seg)
             h = 0
-            for a, b in zip(starts.tolist(), ends.tolist()):
+            for a, b in zip(starts, ends):
                 r0, length = int(sel[a]), b - a
-                first[a:b] = np.arange(h, h + length)
+                first[a:b] = ws.rows[:length] if h == 0 else np.arange(h, h + length)
                 np.multiply(ws.x[r0 : r0 + length, :piece].reshape(length, per_piece, seg), hann,
                             out=frames[h : h + length])
                 h += length
@@ -286,9 +315,23 @@ class FeatureExtractor:
                     h += 1
             np.fft.rfft(frames, axis=2, out=S)
             _spectral.spectral_kurtosis(S, first, pieces, sk)
-            bands = np.empty((len(sel), 2))
-            _spectral.choose_bands(sk, fs, seg, np.ascontiguousarray(bandwidth[sel]), bands)
-            ws.bands[sel] = bands
+            if every:
+                _spectral.choose_bands(sk, fs, seg, bandwidth, ws.bands)
+            else:
+                bands = np.empty((len(sel), 2))
+                _spectral.choose_bands(sk, fs, seg, bandwidth, bands)
+                ws.bands[sel] = bands
+
+    def _sk_plan(self, fs: float, n: int, shaft_hz: float) -> tuple[int, float]:
+        """(segment length, band width) of a window of n samples at fs and this speed."""
+        key = (fs, n, shaft_hz)
+        plan = self._sk_plans.get(key)
+        if plan is None:
+            bpfi_hz = self.spec.orders.bpfi * np.array([shaft_hz])
+            plan = self._sk_plans[key] = (int(sk_segment_lengths(fs, n, bpfi_hz)[0]), float(sk_bandwidths(fs, bpfi_hz)[0]))
+            if len(self._sk_plans) > 64:  # speeds that vary: keep the cache small
+                self._sk_plans.pop(next(iter(self._sk_plans)))
+        return plan
 
     def _hann_window(self, seg: int) -> np.ndarray:
         hann = self._hann.get(seg)
@@ -296,13 +339,13 @@ class FeatureExtractor:
             hann = self._hann[seg] = _hann_periodic(seg)
         return hann
 
-    def _stft_buffers(self, n_pieces: int, rows: int, per_piece: int, seg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _stft_buffers(self, n_pieces: int, rows: int, per_piece: int, seg: int) -> tuple[np.ndarray, ...]:
         key = (n_pieces, rows, per_piece, seg)
         bufs = self._stft.get(key)
         if bufs is None:
             bufs = self._stft[key] = (
                 np.empty((n_pieces, per_piece, seg)), np.empty((n_pieces, per_piece, seg // 2 + 1), np.complex128),
-                np.empty((rows, seg // 2 + 1)),
+                np.empty((rows, seg // 2 + 1)), np.empty(rows, np.intp),
             )
             if len(self._stft) > 8:
                 self._stft.pop(next(iter(self._stft)))

@@ -201,6 +201,65 @@ def band_bins(Py_ssize_t n, double fs, const double[:, ::1] band, Py_ssize_t[::1
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+@cython.cdivision(True)
+def envelope_lengths(Py_ssize_t n, double fs, const double[::1] top_hz, double tol, Py_ssize_t noise_bins,
+                     const Py_ssize_t[::1] nb, Py_ssize_t[::1] m_len):
+    """Per row, the envelope spectrum's length M (docs/FEATURES.md section 3): the least
+    power of two >= 2 max(nb, ceil(top (1 + tol) / df) + noise_bins + 1), with top the
+    row's highest target (Hz) and nb its band's bins (band_bins); at least 2, at most n (n
+    too when top is not finite). Returns M when every row has a band and the same M (one
+    batched FFT for the chunk), else 0."""
+    cdef Py_ssize_t rows = nb.shape[0], r, m, need, common = -1
+    cdef double df = fs / n, k_top
+    if top_hz.shape[0] != rows or m_len.shape[0] != rows:
+        raise ValueError("envelope_lengths: top_hz, nb and m_len need one entry per row")
+    with nogil:
+        for r in range(rows):
+            k_top = ceil(top_hz[r] * (1.0 + tol) / df) + noise_bins + 1
+            if not (k_top < <double> n):  # M = n; NaN too
+                m = n
+            else:
+                need = 2 * (nb[r] if <double> nb[r] > k_top else <Py_ssize_t> k_top)
+                m = 2
+                while m < need and m < n:
+                    m *= 2
+                if m > n:
+                    m = n
+            m_len[r] = m
+            if nb[r] <= 0 or (common >= 0 and m != common):
+                common = 0
+            elif common < 0:
+                common = m
+    return common if common > 0 else 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+def magnitudes(const double complex[:, ::1] Z, double scale, bint remove_mean, double[:, ::1] out):
+    """out = scale |Z|, each row's mean subtracted when ``remove_mean``: the envelope from
+    its analytic signal, or an amplitude spectrum, in one pass instead of three temporaries."""
+    cdef Py_ssize_t rows = Z.shape[0], cols = Z.shape[1], r, j
+    cdef double acc, mean, re, im, a
+    if out.shape[0] != rows or out.shape[1] != cols:
+        raise ValueError("magnitudes: out must have Z's shape")
+    with nogil:
+        for r in range(rows):
+            acc = 0.0
+            for j in range(cols):  # sqrt(re^2 + im^2), not hypot: it vectorises (no |Z| near 1e154 here)
+                re = Z[r, j].real
+                im = Z[r, j].imag
+                a = scale * sqrt(re * re + im * im)
+                out[r, j] = a
+                acc += a
+            if remove_mean and cols > 0:
+                mean = acc / cols
+                for j in range(cols):
+                    out[r, j] -= mean
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def baseband(const double complex[:, ::1] X, const Py_ssize_t[::1] rows, const Py_ssize_t[::1] k0,
              const Py_ssize_t[::1] nb, double complex[:, ::1] Z):
     """Z[i] = 2 X[rows[i], k0 + j] for j < nb, then zeros: the band's analytic spectrum shifted

@@ -562,3 +562,36 @@ def test_the_half_window_stft_is_used_only_for_windows_that_follow_each_other():
     extractor.extract(batch)
     ws = extractor._work[(len(batch), n)]
     assert ws.follows.tolist() == [False, True, True, False, True, False, False]
+
+
+def test_a_run_of_overlapping_windows_at_one_speed_inside_a_batch_of_two_speeds():
+    """Each speed's rows are one run of overlapping windows, but not the whole chunk: its
+    pieces are numbered from the run's first half. Every window as alone."""
+    fs, n = 12000.0, 2048
+    x = np.random.default_rng(4).standard_t(4, 5 * n)
+    batch = chain(x, fs, [1797.0] * 4 + [700.0] * 5, n, n // 2)
+    extractor = FeatureExtractor(SPEC)
+    got = extractor.extract(batch)
+    alone = FeatureExtractor(SPEC)
+    for i, w in enumerate(batch):
+        np.testing.assert_allclose(got[i], alone.extract([w])[0], rtol=1e-12, atol=1e-12, err_msg=f"window {i}")
+
+
+def test_envelope_lengths_are_the_specs_power_of_two():
+    """M = min(2^ceil(log2(max(2 max(nb, ceil(top (1 + tol) / df) + noise + 1), 2))), n), as
+    docs/FEATURES.md writes it in numpy; M = n for a non-finite top; the common M only when
+    every row has a band and the same M."""
+    rng = np.random.default_rng(8)
+    n, fs, tol, noise = 4096, 12000.0, 0.02, 20
+    top = np.concatenate([rng.uniform(0.0, 7000.0, 200), [np.nan, np.inf, 0.0, 1e-9, 5999.9, 6000.0]])
+    nb = np.concatenate([rng.integers(0, 2100, 200), [5, 5, 0, 1, 2000, 2047]]).astype(np.intp)
+    m_len = np.empty(len(top), np.intp)
+    assert features_mod._spectral.envelope_lengths(n, fs, top, tol, noise, nb, m_len) == 0
+    with np.errstate(invalid="ignore"):
+        k_top = np.ceil(top * (1.0 + tol) / (fs / n)) + noise + 1
+        want = np.minimum(2 ** np.ceil(np.log2(np.maximum(2 * np.maximum(nb, k_top), 2))), n)
+    want[~np.isfinite(top)] = n
+    np.testing.assert_array_equal(m_len, want.astype(np.intp))
+    same = np.full(5, 100.0)
+    assert features_mod._spectral.envelope_lengths(n, fs, same, tol, noise, np.full(5, 300, np.intp), m_len[:5]) == 1024
+    assert features_mod._spectral.envelope_lengths(n, fs, same, tol, noise, np.array([300, 300, 0, 300, 300], np.intp), m_len[:5]) == 0
