@@ -18,7 +18,8 @@ import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 
 class ConfigError(Exception):
@@ -306,55 +307,78 @@ def _dataclass(name: str, doc: str, keys: Iterable[Key], neutral: bool = False) 
 
 # Section objects: fields, in order, are the keys of SCHEMA[section]. Once parsed, window.hop is
 # never 0, broker.client_id never empty, and paths are absolute (or "" when not set).
-DeviceConfig = _dataclass("DeviceConfig", *SCHEMA["device"])
-BrokerConfig = _dataclass("BrokerConfig", *SCHEMA["broker"])
-WindowConfig = _dataclass("WindowConfig", *SCHEMA["window"])
-ShaftConfig = _dataclass("ShaftConfig", *SCHEMA["shaft"])
-BearingConfig = _dataclass("BearingConfig", *SCHEMA["bearing"])
-FeaturesConfig = _dataclass("FeaturesConfig", *SCHEMA["features"])
-ModelConfig = _dataclass("ModelConfig", *SCHEMA["model"])
-AlertsConfig = _dataclass("AlertsConfig", *SCHEMA["alerts"])
-DriftConfig = _dataclass("DriftConfig", *SCHEMA["drift"])
-UpdatesConfig = _dataclass("UpdatesConfig", *SCHEMA["updates"])
-QualityConfig = _dataclass("QualityConfig", *SCHEMA["quality"])
-PublishConfig = _dataclass("PublishConfig", *SCHEMA["publish"])
-StorageConfig = _dataclass("StorageConfig", *SCHEMA["storage"])
-QueuesConfig = _dataclass("QueuesConfig", *SCHEMA["queues"])
-LoggingConfig = _dataclass("LoggingConfig", *SCHEMA["logging"])
-PageConfig = _dataclass("PageConfig", *SCHEMA["page"])
-AlertRuleConfig = _dataclass("AlertRuleConfig", *TABLE_LISTS["alert_rule"][:2])
-IsoZoneConfig = _dataclass("IsoZoneConfig", *TABLE_LISTS["iso_zone"][:2])
-# type, name, then every source type's keys (first occurrence): port, baud, read_timeout_s,
-# host, topic, qos, fs, scenario, channels, rpm, seed, speedup, path, loop. ``port`` is the
-# serial device (str) for "serial" and the broker's TCP port (int) for "mqtt".
-SourceConfig = _dataclass(
-    "SourceConfig", "One [[source]]; keys its type does not use keep neutral values.",
-    {k.name: k for k in SOURCE_COMMON + sum(SOURCE_TYPES.values(), ())}.values(), neutral=True)
+# The classes are made on first use (:func:`section_classes`; module attributes too, e.g.
+# ``config.ShaftConfig``): making them, 21 dataclasses' generated methods compiled, is most
+# of this module's import time (~10 of ~16 ms here), which replay's feature worker would
+# otherwise wait for (replay_cmd.py).
+SECTION_CLASSES = {section: section.title().replace("_", "") + "Config" for section in SCHEMA}
+_OTHER_CLASSES = {
+    "AlertRuleConfig": lambda: _dataclass("AlertRuleConfig", *TABLE_LISTS["alert_rule"][:2]),
+    "IsoZoneConfig": lambda: _dataclass("IsoZoneConfig", *TABLE_LISTS["iso_zone"][:2]),
+    # type, name, then every source type's keys (first occurrence): port, baud, read_timeout_s,
+    # host, topic, qos, fs, scenario, channels, rpm, seed, speedup, path, loop. ``port`` is the
+    # serial device (str) for "serial" and the broker's TCP port (int) for "mqtt".
+    "SourceConfig": lambda: _dataclass(
+        "SourceConfig", "One [[source]]; keys its type does not use keep neutral values.",
+        {k.name: k for k in SOURCE_COMMON + sum(SOURCE_TYPES.values(), ())}.values(), neutral=True),
+}
+_classes: dict[str, type] = {}
+
+
+def section_classes() -> dict[str, type]:
+    """Every configuration dataclass by name (DeviceConfig ... PageConfig, AlertRuleConfig,
+    IsoZoneConfig, SourceConfig), made on the first call."""
+    if not _classes:
+        made = {name: _dataclass(name, *SCHEMA[section]) for section, name in SECTION_CLASSES.items()}
+        made.update((name, make()) for name, make in _OTHER_CLASSES.items())
+        _classes.update(made)
+    return _classes
+
+
+def __getattr__(name: str) -> type:  # PEP 562: config.ShaftConfig and the like
+    if name in _OTHER_CLASSES or name in SECTION_CLASSES.values():
+        return section_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def schema_defaults(section: str) -> SimpleNamespace:
+    """A section's keys with their schema defaults, as attributes, without making the
+    classes: what default_config() holds for the keys whose default needs no checking
+    (replay's feature worker reads the window, shaft, bearing and features sections from
+    it; the agent then checks it was built alike: feature_worker.FeaturesAhead.serves)."""
+    return SimpleNamespace(**{k.name: k.default for k in SCHEMA[section][1]})
+
+
+if TYPE_CHECKING:  # made on first use (section_classes); named here for the annotations
+    DeviceConfig = BrokerConfig = SourceConfig = WindowConfig = ShaftConfig = BearingConfig = Any
+    FeaturesConfig = ModelConfig = AlertsConfig = UpdatesConfig = DriftConfig = QualityConfig = Any
+    PublishConfig = StorageConfig = QueuesConfig = LoggingConfig = PageConfig = Any
+    AlertRuleConfig = IsoZoneConfig = Any
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, as built by load_config, parse_config or default_config."""
 
-    device: DeviceConfig
-    broker: BrokerConfig
-    sources: tuple[SourceConfig, ...]
-    window: WindowConfig
-    shaft: ShaftConfig
-    bearing: BearingConfig
-    features: FeaturesConfig
-    model: ModelConfig
-    alerts: AlertsConfig
-    updates: UpdatesConfig
-    drift: DriftConfig
-    quality: QualityConfig
-    publish: PublishConfig
-    storage: StorageConfig
-    queues: QueuesConfig
-    logging: LoggingConfig
-    page: PageConfig
-    alert_rules: tuple[AlertRuleConfig, ...]
-    iso_zones: tuple[IsoZoneConfig, ...]
+    device: "DeviceConfig"
+    broker: "BrokerConfig"
+    sources: "tuple[SourceConfig, ...]"
+    window: "WindowConfig"
+    shaft: "ShaftConfig"
+    bearing: "BearingConfig"
+    features: "FeaturesConfig"
+    model: "ModelConfig"
+    alerts: "AlertsConfig"
+    updates: "UpdatesConfig"
+    drift: "DriftConfig"
+    quality: "QualityConfig"
+    publish: "PublishConfig"
+    storage: "StorageConfig"
+    queues: "QueuesConfig"
+    logging: "LoggingConfig"
+    page: "PageConfig"
+    alert_rules: "tuple[AlertRuleConfig, ...]"
+    iso_zones: "tuple[IsoZoneConfig, ...]"
     origin: str
 
 
@@ -494,11 +518,11 @@ class _Checker:
         self.rule_relations(values["alerts"], lists["alert_rule"])
         if self.problems:
             raise ConfigError(m for _, m in sorted(self.problems, key=lambda item: item[0]))
-        sections = {name: Config.__annotations__[name](**values[name])  # its dataclass
-                    for name in SCHEMA}
-        return Config(sources=tuple(SourceConfig(**s) for s in sources), origin=self.origin,
-                      alert_rules=tuple(AlertRuleConfig(**r) for r in lists["alert_rule"]),
-                      iso_zones=tuple(IsoZoneConfig(**z) for z in lists["iso_zone"]), **sections)
+        cls = section_classes()
+        sections = {name: cls[SECTION_CLASSES[name]](**values[name]) for name in SCHEMA}
+        return Config(sources=tuple(cls["SourceConfig"](**s) for s in sources), origin=self.origin,
+                      alert_rules=tuple(cls["AlertRuleConfig"](**r) for r in lists["alert_rule"]),
+                      iso_zones=tuple(cls["IsoZoneConfig"](**z) for z in lists["iso_zone"]), **sections)
 
     def table(self, table: dict[str, Any], keys: Iterable[Key], at: str, kind: str = "") -> dict:
         known = {k.name: k for k in keys}

@@ -8,10 +8,10 @@ every numpy call between the GIL-free parts waits for the GIL (benches/RESULTS.m
 A forked process has its own interpreter: measured, the processing of a 1000 s file went from
 0.83-0.91 s to 0.47-0.53 s on the 2-core VM.
 
-How: forked as soon as the recording is loaded, from the pack's manifest alone
-(pack_scorer.pack_windowing), so it computes while the replay imports the rest and loads the
-model, the worker walks the same batches of blocks as the replay, cuts them into windows
-with its own :class:`~edge_agent.windower.Windower` (the pack's length, hop and reference
+How: forked as soon as the recording is mapped, from the pack's manifest and the
+configuration's schema defaults (pack_scorer.pack_windowing, config.schema_defaults), so it
+computes while the replay checks the file, imports the rest and loads the model, the
+worker walks the same batches of blocks as the replay, cuts them into windows with its own :class:`~edge_agent.windower.Windower` (the pack's length, hop and reference
 rate, the config's default speed), computes each batch's features with its own
 :class:`~edge_agent.features.FeatureExtractor` (the pack's spec) and sends
 ``(keys, features)`` down a pipe; the pipe's buffer bounds how far ahead it runs. Once the

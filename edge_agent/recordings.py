@@ -25,6 +25,7 @@ import warnings
 import wave
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +61,14 @@ class Recording:
 
 
 def load_recording(path: str | Path, fs: float | None = None, rpm: float | None = None,
-                   mapped: bool = False) -> Recording:
+                   mapped: bool = False, deferred: list[Callable[[], None]] | None = None) -> Recording:
     """Load ``path`` (.npz, .csv or .wav); ``fs`` / ``rpm`` override the file's values.
     ``mapped``: an .npz signal stored uncompressed is memory-mapped read-only instead of read
     (:func:`_map_member`; for a one-shot command: the file must stay whole while in use).
+    ``deferred``: the checks that read the whole signal (a mapped member's CRC-32, the
+    non-finite values) are appended to it as calls, each raising RecordingError, instead of
+    run: the caller runs them before it reports anything from the data (replay starts its
+    feature worker first).
 
     Raises RecordingError for a missing or unreadable file, an unknown extension, an .npz
     without a signal key, no sample rate, an empty signal or non-finite values.
@@ -86,7 +91,7 @@ def load_recording(path: str | Path, fs: float | None = None, rpm: float | None 
         raise RecordingError(f"recording {name}: not a file")
     try:
         if suffix == ".npz":
-            channels, file_fs, file_rpm, full_scale = _load_npz(p, name, mapped)
+            channels, file_fs, file_rpm, full_scale = _load_npz(p, name, mapped, deferred)
         elif suffix == ".csv":
             channels, file_fs, file_rpm, full_scale = _load_csv(p, name)
         else:
@@ -111,7 +116,21 @@ def load_recording(path: str | Path, fs: float | None = None, rpm: float | None 
     n = len(next(iter(channels.values())))
     if n == 0:
         raise RecordingError(f"recording {name}: the signal is empty (0 samples)")
+    if deferred is None:
+        _check_finite(channels, name)
+    else:
+        deferred.append(lambda: _check_finite(channels, name))
+    fs_from = "given" if fs is not None else "file"
+    desc = f"{p.name}: {', '.join(channels)} ({len(channels)} channel(s)), {n} samples, {rate:g} Hz ({fs_from})"
+    if speed is not None:
+        desc += f", {speed:g} rpm ({'given' if rpm is not None else 'file'})"
+    return Recording(channels, float(rate), None if speed is None else float(speed), desc, full_scale)
+
+
+def _check_finite(channels: dict[str, np.ndarray], name: str) -> None:
+    """RecordingError naming the first channel with a NaN or Inf, how many and where."""
     for ch, x in channels.items():
+        n = len(x)
         # in steps of 1 M samples: one whole-signal mask would be a fresh 12 MB for 1000 s at 12 kHz
         if all(np.isfinite(x[i : i + CHECK_STEP]).all() for i in range(0, n, CHECK_STEP)):
             continue
@@ -123,18 +142,13 @@ def load_recording(path: str | Path, fs: float | None = None, rpm: float | None 
                 f"recording {name}: channel {ch!r} has {bad} non-finite value(s) (NaN or Inf), "
                 f"the first at sample {first}; clean the file before replaying it"
             )
-    fs_from = "given" if fs is not None else "file"
-    desc = f"{p.name}: {', '.join(channels)} ({len(channels)} channel(s)), {n} samples, {rate:g} Hz ({fs_from})"
-    if speed is not None:
-        desc += f", {speed:g} rpm ({'given' if rpm is not None else 'file'})"
-    return Recording(channels, float(rate), None if speed is None else float(speed), desc, full_scale)
 
 
 # -- formats --------------------------------------------------------------------------------
 _Loaded = tuple[dict[str, np.ndarray], float | None, float | None, float | None]
 
 
-def _load_npz(p: Path, name: str, mapped: bool) -> _Loaded:
+def _load_npz(p: Path, name: str, mapped: bool, deferred: list[Callable[[], None]] | None = None) -> _Loaded:
     try:
         npz = np.load(p, allow_pickle=False)
     except (ValueError, zipfile.BadZipFile, EOFError):
@@ -149,7 +163,13 @@ def _load_npz(p: Path, name: str, mapped: bool) -> _Loaded:
                 f"found {', '.join(map(repr, npz.files)) or 'nothing'}"
             )
         try:
-            signal = _map_member(p, npz.zip, f"{key}.npy") if mapped else None
+            crc_check: list[Callable[[], None]] = []
+            signal = _map_member(p, npz.zip, f"{key}.npy", crc_check) if mapped else None
+            for check in crc_check:
+                if deferred is None:
+                    check()
+                else:
+                    deferred.append(_as_recording_error(check, f"recording {name}: cannot read {key!r}"))
             if signal is None:
                 signal = npz[key]
             fs = _scalar(npz, "fs", name)
@@ -165,11 +185,21 @@ def _load_npz(p: Path, name: str, mapped: bool) -> _Loaded:
     raise RecordingError(f"recording {name}: {key!r} has shape {signal.shape}; expected 1-D or (samples, channels)")
 
 
-def _map_member(p: Path, zf: zipfile.ZipFile, member: str) -> np.ndarray | None:
+def _as_recording_error(check: Callable[[], None], what: str) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            check()
+        except (ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise RecordingError(f"{what}: {exc}") from None
+    return run
+
+
+def _map_member(p: Path, zf: zipfile.ZipFile, member: str, crc_check: list[Callable[[], None]]) -> np.ndarray | None:
     """The archive member's array mapped read-only from the file instead of read into fresh
     memory, when it is stored uncompressed (``numpy.savez`` stores it so) with a version 1 or
     2 .npy header; None otherwise (the caller reads it). Its CRC-32 is checked as zipfile
-    checks it on reading (zipfile.BadZipFile on a mismatch), in 1 MB steps over the mapping.
+    checks it on reading (zipfile.BadZipFile on a mismatch), in 1 MB steps over the mapping,
+    by the call appended to ``crc_check``: the caller runs it (now, or deferred).
 
     Why: reading a 48 MB member costs a copy into anonymous memory, page-faulted in, plus the
     zip's CRC in Python-driven steps (~0.1 s of the ~0.3 s start-up of ``edge-agent replay``
@@ -202,13 +232,17 @@ def _map_member(p: Path, zf: zipfile.ZipFile, member: str) -> np.ndarray | None:
         # MAP_POPULATE (Linux): the page tables filled in this call, not by a fault every few
         # pages in the CRC's pass: 17 -> 12 ms for 48 MB here
         mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
-    view = memoryview(mm)[start : start + info.file_size]
-    crc = 0
-    for i in range(0, len(view), 1 << 20):
-        crc = zlib.crc32(view[i : i + (1 << 20)], crc)
-    view.release()
-    if crc != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {member!r}")
+
+    def check() -> None:
+        view = memoryview(mm)[start : start + info.file_size]
+        crc = 0
+        for i in range(0, len(view), 1 << 20):
+            crc = zlib.crc32(view[i : i + (1 << 20)], crc)
+        view.release()
+        if crc != info.CRC:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {member!r}")
+
+    crc_check.append(check)
     x = np.frombuffer(mm, dtype=dtype, count=count, offset=offset)
     return x.reshape(shape, order="F" if fortran else "C")
 

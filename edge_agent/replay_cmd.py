@@ -23,7 +23,10 @@ signal stored uncompressed is memory-mapped instead of read (recordings.py); the
 storage is in memory when the machine has /dev/shm (no fsync per alert); and on two or more
 cores a recording of four batches or more gets a feature worker (feature_worker.py), a
 forked process computing the feature vectors ahead while this one scores, matched to the
-agent's windows, the output unchanged. ``--serial`` keeps everything in this process.
+agent's windows, the output unchanged. It forks as soon as the recording is mapped: the
+file's CRC-32 and non-finite checks run in this process meanwhile (a file that fails them
+ends the worker and the replay, with nothing written to stdout). ``--serial`` keeps
+everything in this process.
 
 Progress (about once a second) and the closing summary (windows per label, alert windows,
 alerts raised, data-quality flags, time, windows/s) go to stderr. Every problem with the
@@ -42,6 +45,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TextIO
 
 EXIT_OK = 0
@@ -74,11 +78,22 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
         if not DEFAULT_PACK.is_file():
             return _fail(f"no model pack: the default {DEFAULT_PACK} does not exist; give one with --model PACK")
         model = str(DEFAULT_PACK)
+    checks: list = []  # the CRC and the non-finite check: run once the worker has started
+    ahead = None
     try:
-        rec = load_recording(file, fs=fs, rpm=rpm, mapped=True)
+        rec = load_recording(file, fs=fs, rpm=rpm, mapped=True, deferred=checks)
+        # the worker starts as soon as the recording is mapped: it computes while this process
+        # checks the file, imports the rest and loads the model (and forks with no threads yet)
+        ahead = None if serial else _start_worker(rec, str(model), out, err)
+        for check in checks:
+            check()
     except StartupError as exc:  # RecordingError
+        if ahead is not None:
+            ahead.close()
         return _fail(str(exc))
     except MemoryError:
+        if ahead is not None:
+            ahead.close()
         return _fail(f"recording {file}: too large to load into memory")
 
     from edge_agent.config import default_config
@@ -86,7 +101,6 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
     edge_log = logging.getLogger("edge_agent")
     old_level = edge_log.level
     edge_log.setLevel(logging.ERROR)  # alert and quality lines would drown the progress; the summary has them
-    ahead = None
     try:
         from edge_agent.alert_log import EVIDENCE_MAX_MB
 
@@ -95,9 +109,6 @@ def run_replay(file: str, fs: float | None = None, rpm: float | None = None, mod
         with tempfile.TemporaryDirectory(prefix="edge-agent-replay-", dir=scratch) as tmp:
             cfg = default_config(storage={"dir": tmp}, broker={"enabled": False})
             cfg = replace(cfg, sources=(), model=replace(cfg.model, pack=str(model)))
-            # the worker starts before the agent is built: it computes while this process
-            # imports the rest and loads the model (and forks with no interpreter threads yet)
-            ahead = None if serial else _start_worker(rec, cfg, str(model), out, err)
             from edge_agent.agent import Agent
 
             try:
@@ -166,21 +177,26 @@ def _batches(rec) -> Iterator[list]:
             batch = []
 
 
-def _start_worker(rec, cfg, model: str, out: TextIO, err: TextIO):
+def _start_worker(rec, model: str, out: TextIO, err: TextIO):
     """The feature worker (feature_worker.py) for a recording of at least WORKER_MIN_BATCHES
-    batches, set up from the pack's manifest alone; None when it does not run (a short
-    recording, one core, a pack the agent will refuse anyway)."""
+    batches, set up from the pack's manifest and the configuration's defaults (the replay's
+    configuration is the default one: read from the schema, so the configuration classes
+    need not be made first); None when it does not run (a short recording, one core, a pack
+    the agent will refuse anyway). The agent checks it computes what it would compute
+    (FeaturesAhead.serves)."""
     if rec.n_samples * len(rec.channels) < WORKER_MIN_BATCHES * BATCH_BLOCKS * BLOCK:
         return None
     from edge_agent.feature_worker import FeaturesAhead, why_not
 
     if why_not() is not None:
         return None
+    from edge_agent.config import schema_defaults
     from edge_agent.features import FeatureExtractor
     from edge_agent.pack import PackError, read_pack
     from edge_agent.pack_scorer import pack_windowing
     from edge_agent.windower import Windower
 
+    cfg = SimpleNamespace(**{section: schema_defaults(section) for section in ("window", "shaft", "bearing", "features")})
     try:
         w = pack_windowing(read_pack(model), cfg, model)
     except (PackError, OSError, KeyError, TypeError, ValueError):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import (
-    SCHEMA, SOURCE_COMMON, SOURCE_TYPES, Config, ConfigError, SourceConfig, WindowConfig,
-    default_config, example_toml, load_config, parse_config,
+    SCHEMA, SECTION_CLASSES, SOURCE_COMMON, SOURCE_TYPES, Config, ConfigError, SourceConfig, WindowConfig,
+    default_config, example_toml, load_config, parse_config, section_classes,
 )
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "edge-agent.toml"
@@ -75,7 +75,8 @@ def test_deploy_example_is_rendered_from_the_schema() -> None:
 
 def test_dataclass_fields_follow_the_schema() -> None:
     for section, (_, keys) in SCHEMA.items():
-        cls = Config.__annotations__[section]
+        cls = section_classes()[SECTION_CLASSES[section]]
+        assert Config.__annotations__[section] == cls.__name__
         assert [f.name for f in dataclasses.fields(cls)] == [k.name for k in keys]
     assert [f.name for f in dataclasses.fields(SourceConfig)] == [
         "type", "name", "port", "baud", "read_timeout_s", "tacho_channel", "pulses_per_rev", "broker_host",
@@ -394,3 +395,30 @@ def test_bad_arrays_and_geometry_are_one_line_each(text: str, problem: str) -> N
     with pytest.raises(ConfigError) as e:
         parse_config(text)
     assert e.value.problems == [problem]
+
+
+def test_the_classes_are_made_on_first_use_and_are_the_modules_attributes():
+    """config's dataclasses are made on first use (section_classes), and reached as module
+    attributes as before; a name that is not one is an AttributeError."""
+    import edge_agent.config as config
+
+    cfg = config.default_config()
+    assert type(cfg.shaft) is config.ShaftConfig is config.section_classes()["ShaftConfig"]
+    assert type(cfg.sources[0]) is config.SourceConfig
+    assert dataclasses.is_dataclass(config.IsoZoneConfig) and dataclasses.is_dataclass(config.AlertRuleConfig)
+    assert {type(getattr(cfg, section)).__name__ for section in config.SCHEMA} == set(config.SECTION_CLASSES.values())
+    with pytest.raises(AttributeError):
+        config.NoSuchConfig  # noqa: B018
+
+
+@pytest.mark.parametrize("section", ["window", "shaft", "bearing", "features"])
+def test_schema_defaults_are_default_configs_values(section):
+    """What replay's feature worker is set up from before the classes exist: the defaults as
+    default_config() holds them (window.hop 0 means length // 2 there)."""
+    import edge_agent.config as config
+
+    raw = vars(config.schema_defaults(section))
+    made = dataclasses.asdict(getattr(config.default_config(), section))
+    if section == "window":
+        assert raw.pop("hop") == 0 and made.pop("hop") == made["length"] // 2
+    assert raw == made

@@ -79,6 +79,43 @@ def test_a_worker_that_dies_midway_is_replaced_by_this_process(recording, monkey
 
 
 @needs_two_cores
+@pytest.mark.parametrize("damage", ["crc", "nan"])
+def test_a_recording_that_fails_its_checks_ends_the_worker_and_writes_nothing(recording, tmp_path, monkeypatch,
+                                                                              capsys, damage):
+    """The worker forks before the file's CRC-32 and non-finite checks have run (replay_cmd.py):
+    when one fails (a flipped byte in the samples; a NaN), the replay ends with its one line
+    and exit 2, nothing on stdout, and the worker it started has ended."""
+    started = []
+    start = FeaturesAhead.start.__func__
+
+    def kept_start(cls, *args):
+        ahead = start(cls, *args)
+        started.append(ahead)
+        return ahead
+
+    monkeypatch.setattr(FeaturesAhead, "start", classmethod(kept_start))
+    with np.load(recording) as z:
+        data, fs = z["data"].copy(), float(z["fs"])
+    if damage == "nan":
+        data[len(data) // 2, 1] = np.nan
+    path = tmp_path / "damaged.npz"
+    np.savez(path, data=data, fs=fs, rpm=1700.0)
+    if damage == "crc":
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF  # inside the samples: only the CRC-32 tells
+        path.write_bytes(bytes(raw))
+    out, err = io.StringIO(), io.StringIO()
+    assert replay_cmd.run_replay(str(path), model=PACK, jsonl=True, out=out, err=err) == 2
+    assert out.getvalue() == ""
+    want = "cannot read 'data': Bad CRC-32 for file 'data.npy'" if damage == "crc" else \
+        f"channel 'data1' has 1 non-finite value(s) (NaN or Inf), the first at sample {len(data) // 2}; " \
+        "clean the file before replaying it"
+    assert err.getvalue() == ""
+    assert capsys.readouterr().err == f"edge-agent replay: recording {path}: {want}\n"
+    assert len(started) == 1 and started[0]._process.exitcode is not None  # it was started, and has ended
+
+
+@needs_two_cores
 def test_a_worker_that_fails_says_so_in_one_line(recording, monkeypatch, capfd):
     """An exception in the worker (here its third batch's extraction): one line on stderr, no
     child's traceback, exit 1, and the replay completes on its own extractor."""
