@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYX := $(wildcard ext/*.pyx ext/*.pxd)
 
-.PHONY: help install demo test bench model clean mosquitto chromium
+.PHONY: help install demo test bench model baseline clean mosquitto chromium
 
 help:
 	@echo "make install  - .venv with edge-agent (editable) + dev extras, extension built"
@@ -16,6 +16,7 @@ help:
 	@echo "make test     - install (+ mosquitto, + chromium if it can), then the whole test suite"
 	@echo "make bench    - install, then the benchmarks in benches/ (pytest-benchmark)"
 	@echo "make model    - rebuild models/default.pack and models/REPORT.md (TensorFlow in .venv-build)"
+	@echo "make baseline - models/BASELINE.md: a random forest on textbook features against the pack"
 	@echo "make clean    - remove .venv, .venv-build and build output"
 
 install: $(STAMP) ext
@@ -73,6 +74,10 @@ $(BUILD_STAMP): pyproject.toml setup.py
 model: install $(BUILD_STAMP)
 	@echo "==> building models/default.pack and models/REPORT.md (seeded; data: emulator + ../shared/data/cwru if present)"
 	$(BUILD_VENV)/bin/python models/build.py --runtime-python $(BIN)/python
+
+baseline: install $(BUILD_STAMP)
+	@echo "==> models/BASELINE.md: a random forest on textbook envelope features against models/default.pack"
+	$(BUILD_VENV)/bin/python models/baseline_rf.py
 
 clean:
 	rm -rf $(VENV) .venv-build build *.egg-info edge_agent/_native/*.so ext/*.c .pytest_cache .benchmarks
