@@ -471,6 +471,16 @@ def test_band_bins_is_the_scan_over_every_bin():
         assert (a, b) == ((ks[0], len(ks)) if ks else (0, 0)), (lo, hi)
 
 
+def _order_window(e: np.ndarray, k: float, noise_bins: int) -> tuple[float, np.ndarray]:
+    """With no tolerance: the largest of bins round(k) +- 1 and the noise_bins bins either side
+    of them (from bin 1 to the last), as docs/FEATURES.md defines the order amplitude."""
+    last = len(e) - 1
+    kc = round(k)
+    k_lo, k_hi = max(kc - 1, 1), min(kc + 1, last)
+    noise = np.concatenate([e[max(k_lo - noise_bins, 1):k_lo], e[k_hi + 1:min(k_hi + noise_bins, last) + 1]])
+    return float(e[k_lo:k_hi + 1].max()), noise
+
+
 def test_order_snr_noise_floor_is_the_median_of_the_neighbours():
     """The amplitude over the median of the noise bins either side (an odd and an even count,
     by selection; with a NaN among them, by sorting): numpy's median of the same bins."""
@@ -483,14 +493,11 @@ def test_order_snr_noise_floor_is_the_median_of_the_neighbours():
     features_mod._spectral.order_snr(E, df, targets, tol, 10, out, 0)
     for r in range(3):
         for t, f in enumerate(targets[r]):
-            kc = round(f / df)
-            k_lo, k_hi = max(kc - 1, 1), min(kc + 1, 256)
-            noise = np.concatenate([E[r, max(k_lo - 10, 1):k_lo], E[r, k_hi + 1:min(k_hi + 10, 256) + 1]])
+            peak, noise = _order_window(E[r], f / df, 10)
             if np.isnan(noise).any():  # no order to select in: it must end, whatever it gives
                 assert (r, f) == (2, 50.0)
                 continue
-            expected = E[r, k_lo:k_hi + 1].max() / np.median(noise)
-            np.testing.assert_allclose(out[r, t], expected, rtol=1e-12, err_msg=f"row {r} target {f}")
+            np.testing.assert_allclose(out[r, t], peak / np.median(noise), rtol=1e-12, err_msg=f"row {r} target {f}")
     assert {len(np.r_[max(k - 1 - 10, 1):k - 1, k + 2:min(k + 1 + 10, 256) + 1]) % 2 for k in (5, 50, 250)} == {0, 1}
 
 
@@ -507,10 +514,8 @@ def test_order_snr_noise_floor_with_ties_is_the_median(levels):
     features_mod._spectral.order_snr(E, df, targets, tol, 12, out, 0)
     for r in range(4):
         for t, f in enumerate(targets[r]):
-            kc = round(f / df)
-            k_lo, k_hi = max(kc - 1, 1), min(kc + 1, 299)
-            noise = np.concatenate([E[r, max(k_lo - 12, 1):k_lo], E[r, k_hi + 1:min(k_hi + 12, 299) + 1]])
-            assert out[r, t] == E[r, k_lo:k_hi + 1].max() / np.median(noise), (levels, r, f)
+            peak, noise = _order_window(E[r], f / df, 12)
+            assert out[r, t] == peak / np.median(noise), (levels, r, f)
 
 
 def chain(x: np.ndarray, fs: float, rpm: float | list[float], n: int, hop: int, channel: str = "ch0",
