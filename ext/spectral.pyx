@@ -292,6 +292,13 @@ cdef void _insertion_sort(double* a, Py_ssize_t n) noexcept nogil:
         a[j + 1] = v
 
 
+cdef inline double _median3(double a, double b, double c) noexcept nogil:
+    """The middle one of three (NaN-free): comparisons that compile to conditional moves."""
+    cdef double lo = a if a < b else b, hi = b if a < b else a
+    hi = hi if hi < c else c
+    return hi if hi > lo else lo
+
+
 @cython.cdivision(True)
 cdef double _select_by_copying(const double* a, Py_ssize_t n, Py_ssize_t k, double* less,
                                double* more) noexcept nogil:
@@ -308,7 +315,7 @@ cdef double _select_by_copying(const double* a, Py_ssize_t n, Py_ssize_t k, doub
     cdef double x, p
     cdef Py_ssize_t i, nl, ng
     while True:
-        p = src[n // 2]
+        p = _median3(src[0], src[n // 2], src[n - 1])
         nl = 0
         ng = 0
         for i in range(n):  # less[nl] = x overwrites only values already read when src is less
