@@ -10,17 +10,21 @@ A forked process has its own interpreter: measured, the processing of a 1000 s f
 
 How: forked as soon as the recording is mapped, from the pack's manifest and the
 configuration's schema defaults (pack_scorer.pack_windowing, config.schema_defaults), so it
-computes while the replay checks the file, imports the rest and loads the model, the
-worker walks the same batches of blocks as the replay, cuts them into windows with its own :class:`~edge_agent.windower.Windower` (the pack's length, hop and reference
-rate, the config's default speed), computes each batch's features with its own
+computes while the replay checks the file, imports the rest and loads the model. The worker
+walks the same batches of blocks as the replay, cuts them into windows with its own
+:class:`~edge_agent.windower.Windower` (the pack's length, hop and reference rate, the
+config's default speed), computes each batch's spectral features with its own
 :class:`~edge_agent.features.FeatureExtractor` (the pack's spec) and sends
-``(keys, features)`` down a pipe; the pipe's buffer bounds how far ahead it runs. Once the
-agent is built, :meth:`FeaturesAhead.serves` checks that its windower and extractor are
-those. The agent asks for the rows of the windows it scores (:meth:`FeaturesAhead.take`); a
-row is matched to its window by (channel, first sequence number, length), so a window never
-gets another window's vector, and windows the agent does not score (a flagged window with
-quality action ``drop``) are skipped. The worker's code and inputs are the agent's own, so the rows are the
-ones the agent would compute (tests/test_feature_worker.py compares whole replays).
+``(keys, features)`` down a pipe; the pipe's buffer bounds how far ahead it runs. The
+time-domain block (~4 us a window) is left to this process, which fills it in
+:meth:`FeaturesAhead.take`: the worker was the slower of the two (this process waited
+25-50 ms for it in a 1000 s replay), so the split evens them out. Once the agent is built,
+:meth:`FeaturesAhead.serves` checks that its windower and extractor are those. The agent
+asks for the rows of the windows it scores (:meth:`FeaturesAhead.take`); a row is matched
+to its window by (channel, first sequence number, length), so a window never gets another
+window's vector, and windows the agent does not score (a flagged window with quality action
+``drop``) are skipped. The worker's code and inputs are the agent's own, so the rows are
+the ones the agent would compute (tests/test_feature_worker.py compares whole replays).
 
 Anything unexpected (the worker gone or silent, a window it did not send, another feature
 spec) and :meth:`take` answers None: the agent computes that batch itself and every later
@@ -44,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.features import FeatureExtractor, FeatureSpec
+from edge_agent.features import FeatureExtractor, FeatureSpec, time_features_into
 from edge_agent.window import SampleBlock, Window
 from edge_agent.windower import Windower
 
@@ -127,6 +131,7 @@ class FeaturesAhead:
                     return None
             out[i] = row
             self._taken[key[0]] = key[1]
+        time_features_into(windows, out)  # the worker leaves them to this process (module docstring)
         self.rows_taken += len(windows)
         if len(self._pending) > PENDING_MAX:  # rows of windows that were not scored
             self._pending = {k: v for k, v in self._pending.items() if k[1] > self._taken.get(k[0], -1)}
@@ -190,7 +195,7 @@ def _work(conn: Any, batches: Callable[[], Iterable[Sequence[SampleBlock]]], win
                 except ValueError:  # the agent drops (and counts) the same block
                     continue
             if windows:
-                conn.send(([_key(w) for w in windows], extractor.extract(windows)))
+                conn.send(([_key(w) for w in windows], extractor.extract(windows, time_domain=False)))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent closed its end: it needs no more
     except Exception as exc:  # noqa: BLE001 - one line, not a child's traceback on the user's terminal

@@ -76,6 +76,14 @@ def time_features(samples: np.ndarray) -> np.ndarray:
     return out
 
 
+def time_features_into(windows: Sequence[Window], out: np.ndarray) -> None:
+    """Each window's time-domain features into the first len(TIME_FEATURES) columns of its
+    row of ``out`` (float64, one row per window, C-contiguous rows)."""
+    n = len(TIME_FEATURES)
+    for i, w in enumerate(windows):
+        _time_domain.time_features(w.samples, out[i, :n])
+
+
 def sk_segment_lengths(fs: float, n: int, bpfi_hz: np.ndarray) -> np.ndarray:
     """Spectral-kurtosis segment length per BPFI (Hz): 2^floor(log2(fs / (2 BPFI f_r))), clipped
     to [16, n/4]: at most half the shortest defect period (docs/FEATURES.md section 3)."""
@@ -142,12 +150,19 @@ class FeatureExtractor:
         self._env: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         self.last_bands = np.empty((0, 2))
 
-    def extract(self, windows: Sequence[Window]) -> np.ndarray:
+    def extract(self, windows: Sequence[Window], time_domain: bool = True) -> np.ndarray:
+        """The windows' vectors. ``time_domain`` False leaves the time-domain block (the first
+        len(TIME_FEATURES) columns) NaN, for a caller that computes it itself
+        (:func:`time_features_into`: replay's feature worker and the main process share the
+        work so)."""
         out = np.empty((len(windows), len(self.names)), dtype=np.float64)
         self.last_bands = np.empty((len(windows), 2))
         groups: dict[tuple[int, float], list[int]] = {}
+        if time_domain:
+            time_features_into(windows, out)
+        else:
+            out[:, : self._n_time] = np.nan
         for i, w in enumerate(windows):
-            _time_domain.time_features(w.samples, out[i, : self._n_time])
             groups.setdefault((len(w.samples), float(w.fs)), []).append(i)
         for (n, fs), idx in groups.items():
             per_chunk = max(1, CHUNK_SAMPLES // n)

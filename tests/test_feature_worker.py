@@ -122,11 +122,11 @@ def test_a_worker_that_fails_says_so_in_one_line(recording, monkeypatch, capfd):
     class Failing(FeatureExtractor):
         calls = 0
 
-        def extract(self, windows):
+        def extract(self, windows, **kwargs):
             Failing.calls += 1
             if Failing.calls == 3:
                 raise MemoryError("no room for the workspace")
-            return super().extract(windows)
+            return super().extract(windows, **kwargs)
 
     monkeypatch.setattr(feature_worker, "FeatureExtractor", Failing)  # the child builds its own from this
     out, err = replay(recording, serial=False)

@@ -23,7 +23,7 @@ import pytest
 from edge_agent import features as features_mod
 from edge_agent.bearing import BearingGeometry
 from edge_agent.emulator.signal import SignalGenerator, SignalSpec
-from edge_agent.features import FeatureExtractor, FeatureSpec, feature_names
+from edge_agent.features import TIME_FEATURES, FeatureExtractor, FeatureSpec, feature_names
 from edge_agent.reference_features import (
     G0,
     envelope_spectrum,
@@ -600,3 +600,17 @@ def test_envelope_lengths_are_the_specs_power_of_two():
     same = np.full(5, 100.0)
     assert features_mod._spectral.envelope_lengths(n, fs, same, tol, noise, np.full(5, 300, np.intp), m_len[:5]) == 1024
     assert features_mod._spectral.envelope_lengths(n, fs, same, tol, noise, np.array([300, 300, 0, 300, 300], np.intp), m_len[:5]) == 0
+
+
+def test_the_time_domain_block_can_be_left_to_the_caller():
+    """extract(..., time_domain=False) leaves the first len(TIME_FEATURES) columns NaN and the
+    rest as extract() computes them; time_features_into fills them in, the same values
+    (replay's worker and main process split the vector so)."""
+    windows = synthetic_windows(4096, 12000.0, 1797.0)
+    full = FeatureExtractor(SPEC).extract(windows)
+    part = FeatureExtractor(SPEC).extract(windows, time_domain=False)
+    n = len(TIME_FEATURES)
+    assert np.isnan(part[:, :n]).all()
+    np.testing.assert_array_equal(part[:, n:], full[:, n:])
+    features_mod.time_features_into(windows, part)
+    np.testing.assert_array_equal(part, full)
