@@ -223,7 +223,7 @@ def test_textbook_pipeline(benchmark, recording):
 # (benches/RESULTS.md): only the ratio may fail; a replay that errs or prints the wrong windows
 # still fails the test. XPASS when a run reaches 10x.
 XFAIL_REASON = (
-    "issue #5 goal met in every run since commit 9dc154e on the 2-core EPYC VM (7 runs on 2026-12-03 evening: "
+    "issue #5 goal met in every run since commit 9dc154e on the 2-core EPYC VM (9 runs on 2026-12-03 evening: "
     "10.9-13.1x by both measures, replay 0.39-0.45 s, textbook 5.1-5.4 s); before it, in 14 of 21 runs "
     "(8.5-13.4x), missed in the VM's slower states by up to 15%, which the 13% gain may not cover; "
     "benches/RESULTS.md"
