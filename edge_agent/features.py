@@ -99,6 +99,17 @@ def sk_bandwidths(fs: float, bpfi_hz: np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(6.0 * bpfi_hz, fs / 16.0), fs / 4.0)
 
 
+def _cached(cache: dict, key: Any, make: Any, limit: int = 8) -> Any:
+    """``cache[key]``, made by ``make()`` when missing; the oldest entry goes beyond ``limit``
+    (odd shapes and speeds come and go: the caches of buffers stay small)."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+        if len(cache) > limit:
+            cache.pop(next(iter(cache)))
+    return value
+
+
 def _hann_periodic(length: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
 
@@ -188,14 +199,11 @@ class FeatureExtractor:
         return self.extract([w])[0]
 
     def _workspace(self, rows: int, n: int, fs: float) -> _Workspace:
-        key = (rows, n)
-        ws = self._work.get(key)
-        if ws is None:
-            ws = self._work[key] = _Workspace(rows, n)
+        def make() -> _Workspace:
+            ws = _Workspace(rows, n)
             ws.block = np.empty((rows, len(self.names) - self._n_time))
-            if len(self._work) > 8:  # odd shapes come and go: keep the cache small
-                self._work.pop(next(iter(self._work)))
-        return ws
+            return ws
+        return _cached(self._work, (rows, n), make)
 
     def _spectral_block(self, ws: _Workspace, fs: float, rpm: np.ndarray, uniform: bool = False) -> None:
         """Spectral and envelope features of the rows of ``ws.x`` into ``ws.block``, the
@@ -246,14 +254,9 @@ class FeatureExtractor:
         return E
 
     def _envelope_buffers(self, rows: int, m: int) -> tuple[np.ndarray, ...]:
-        key = (rows, m)
-        bufs = self._env.get(key)
-        if bufs is None:
-            bufs = self._env[key] = (np.empty((rows, m), np.complex128), np.empty((rows, m)),
-                                     np.empty((rows, m // 2 + 1), np.complex128), np.empty((rows, m // 2 + 1)))
-            if len(self._env) > 8:
-                self._env.pop(next(iter(self._env)))
-        return bufs
+        return _cached(self._env, (rows, m), lambda: (
+            np.empty((rows, m), np.complex128), np.empty((rows, m)),
+            np.empty((rows, m // 2 + 1), np.complex128), np.empty((rows, m // 2 + 1))))
 
     def envelope_spectrum(self, samples: np.ndarray, fs: float,
                           shaft_hz: float) -> tuple[np.ndarray, float, tuple[float, float]] | None:
@@ -339,14 +342,10 @@ class FeatureExtractor:
 
     def _sk_plan(self, fs: float, n: int, shaft_hz: float) -> tuple[int, float]:
         """(segment length, band width) of a window of n samples at fs and this speed."""
-        key = (fs, n, shaft_hz)
-        plan = self._sk_plans.get(key)
-        if plan is None:
+        def make() -> tuple[int, float]:
             bpfi_hz = self.spec.orders.bpfi * np.array([shaft_hz])
-            plan = self._sk_plans[key] = (int(sk_segment_lengths(fs, n, bpfi_hz)[0]), float(sk_bandwidths(fs, bpfi_hz)[0]))
-            if len(self._sk_plans) > 64:  # speeds that vary: keep the cache small
-                self._sk_plans.pop(next(iter(self._sk_plans)))
-        return plan
+            return int(sk_segment_lengths(fs, n, bpfi_hz)[0]), float(sk_bandwidths(fs, bpfi_hz)[0])
+        return _cached(self._sk_plans, (fs, n, shaft_hz), make, limit=64)  # speeds that vary
 
     def _hann_window(self, seg: int) -> np.ndarray:
         hann = self._hann.get(seg)
@@ -355,13 +354,6 @@ class FeatureExtractor:
         return hann
 
     def _stft_buffers(self, n_pieces: int, rows: int, per_piece: int, seg: int) -> tuple[np.ndarray, ...]:
-        key = (n_pieces, rows, per_piece, seg)
-        bufs = self._stft.get(key)
-        if bufs is None:
-            bufs = self._stft[key] = (
-                np.empty((n_pieces, per_piece, seg)), np.empty((n_pieces, per_piece, seg // 2 + 1), np.complex128),
-                np.empty((rows, seg // 2 + 1)), np.empty(rows, np.intp),
-            )
-            if len(self._stft) > 8:
-                self._stft.pop(next(iter(self._stft)))
-        return bufs
+        return _cached(self._stft, (n_pieces, rows, per_piece, seg), lambda: (
+            np.empty((n_pieces, per_piece, seg)), np.empty((n_pieces, per_piece, seg // 2 + 1), np.complex128),
+            np.empty((rows, seg // 2 + 1)), np.empty(rows, np.intp)))
